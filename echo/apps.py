@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class EchoConfig(AppConfig):
+    name = "echo"
+    verbose_name = "Echo"

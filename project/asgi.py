@@ -1,0 +1,27 @@
+"""The ASGI application Daphne serves: Django for HTTP, the echo consumers for WebSockets."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+# Set Django up before anything imports models (the auth middleware does).
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from echo.origin import AllowedHostsOriginValidator  # noqa: E402
+from echo.routing import websocket_urlpatterns  # noqa: E402
+from project import daphne_fixes  # noqa: E402
+
+daphne_fixes.apply()
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        ),
+    }
+)

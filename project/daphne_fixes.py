@@ -1,0 +1,101 @@
+"""Corrections to Daphne's WebSocket handling, applied once from project.asgi.
+
+Each belongs upstream; until then it lives here, guarded by the Daphne version it was
+written for (tests/test_daphne_fixes.py fails if Daphne changes underneath):
+
+- an empty text or binary message is sent: Daphne tests the payload's truthiness and
+  silently drops ``""`` and ``b""``;
+- an application's close frame carries its reason, and any code a server may send
+  (1001, 1008, 1011, ...): Daphne drops the reason and autobahn's ``sendClose`` raises
+  for every code but 1000 and 3000-4999;
+- the client's close code and reason are echoed in the server's close frame (autobahn
+  answers 1000 unless told otherwise);
+- ``settings.WEBSOCKET_MAX_MESSAGE_SIZE`` is the size limit, and a message over it, invalid
+  UTF-8 or a protocol violation get a close frame (1009, 1007, 1002) before the TCP
+  connection ends, instead of a bare disconnect.
+"""
+
+import logging
+
+import daphne
+from autobahn.util import encode_truncate
+from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
+from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+WRITTEN_FOR = "4.2.3"
+
+_applied = False
+
+
+def handle_reply(self: WebSocketProtocol, message: dict) -> None:
+    """Act on one ASGI message from the application (Daphne's own, with the fixes above)."""
+    message_type = message.get("type")
+    if message_type == "websocket.accept":
+        self.serverAccept(message.get("subprotocol"))
+    elif message_type == "websocket.close":
+        if self.state == self.STATE_CONNECTING:
+            self.serverReject()
+        else:
+            close_with(self, message.get("code"), message.get("reason"))
+    elif message_type == "websocket.send":
+        if self.state == self.STATE_CONNECTING:
+            raise ValueError("Socket has not been accepted, so cannot send over it")
+        text, data = message.get("text"), message.get("bytes")
+        if (text is None) == (data is None):
+            raise ValueError(
+                f"Expected exactly one of 'text' or 'bytes' in websocket.send, got {sorted(message)}"
+            )
+        if data is not None:
+            self.serverSend(data, True)
+        else:
+            self.serverSend(text, False)
+    else:
+        raise ValueError(f"Expected a websocket.* message type, got {message_type!r}")
+
+
+def close_with(protocol: WebSocketProtocol, code: int | None, reason: str | None) -> None:
+    """Send a close frame with ``code`` (1000 when absent) and ``reason``."""
+    code = 1000 if code is None else code
+    if code not in AutobahnProtocol.CLOSE_STATUS_CODES_ALLOWED and not 3000 <= code <= 4999:
+        logger.warning("application closed with unsendable code %s; sending 1011", code)
+        code, reason = 1011, "internal error"
+    reason_bytes = encode_truncate(reason, 123) if reason else None
+    protocol.sendCloseFrame(code=code, reasonUtf8=reason_bytes, isReply=False)
+
+
+def protocol_options() -> dict:
+    """Autobahn options that every WebSocket connection gets."""
+    limit = settings.WEBSOCKET_MAX_MESSAGE_SIZE
+    return {
+        "echoCloseCodeReason": True,
+        "failByDrop": False,
+        "maxMessagePayloadSize": limit,
+        "maxFramePayloadSize": limit,
+    }
+
+
+def apply() -> None:
+    """Install the corrections into Daphne, once, if it is the version they were written for."""
+    global _applied
+    if _applied:
+        return
+    if daphne.__version__ != WRITTEN_FOR:
+        logger.warning(
+            "project.daphne_fixes was written for Daphne %s, found %s: not applied; "
+            "check whether the fixes are still needed",
+            WRITTEN_FOR,
+            daphne.__version__,
+        )
+        return
+    WebSocketProtocol.handle_reply = handle_reply
+    original_set_options = WebSocketFactory.setProtocolOptions
+
+    def set_protocol_options(factory: WebSocketFactory, **options) -> None:
+        # Daphne's Server.run sets its own limits after building the factory; ours win.
+        original_set_options(factory, **{**options, **protocol_options()})
+
+    WebSocketFactory.setProtocolOptions = set_protocol_options
+    _applied = True

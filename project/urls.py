@@ -1,0 +1,11 @@
+from django.contrib import admin
+from django.urls import path
+
+from echo import views
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("ws/", views.upgrade_required, name="ws"),
+    path("ws/raw/", views.upgrade_required, name="ws-raw"),
+    path("admin/", admin.site.urls),
+]
