@@ -8,8 +8,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from echo import services
 
 logger = logging.getLogger(__name__)
-# Per-message lines have their own logger: off by default, because at thousands of
-# messages a second they cost a third of the throughput (README, Logging).
+# Per-message lines have their own logger, off by default: at thousands of messages a
+# second they cost about a quarter of the echo throughput (bench/logging_cost.py).
 messages_logger = logging.getLogger("echo.messages")
 
 # The group every ws/ connection joins, and the message type that pushes to it.
@@ -29,9 +29,7 @@ class LoggedConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         """Accept the connection."""
         await self.accept()
-        logger.info(
-            "conn=%s peer=%s connected path=%s", self.connection_id, self.peer, self.scope["path"]
-        )
+        logger.info("conn=%s peer=%s connected path=%s", self.connection_id, self.peer, self.scope["path"])
 
     async def websocket_receive(self, message: dict) -> None:
         if messages_logger.isEnabledFor(logging.INFO):
@@ -45,9 +43,7 @@ class LoggedConsumer(AsyncWebsocketConsumer):
         await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
         if messages_logger.isEnabledFor(logging.INFO):
             sent = {"text": text_data, "bytes": bytes_data}
-            messages_logger.info(
-                "conn=%s peer=%s sent %s", self.connection_id, self.peer, describe(sent)
-            )
+            messages_logger.info("conn=%s peer=%s sent %s", self.connection_id, self.peer, describe(sent))
 
     async def disconnect(self, code: int) -> None:
         """Log the end of the connection with the client's close code."""
@@ -57,7 +53,7 @@ class LoggedConsumer(AsyncWebsocketConsumer):
 class EchoConsumer(LoggedConsumer):
     """ws/: answer text with a greeting, echo binary as it came, relay broadcasts."""
 
-    groups = [BROADCAST_GROUP]
+    groups = (BROADCAST_GROUP,)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Answer one message from the client."""

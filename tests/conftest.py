@@ -57,3 +57,11 @@ def daphne(daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
     server = DaphneServer(env=daphne_env).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def fresh_daphne(daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
+    """A Daphne of this test's own, for behaviour that other tests' traffic could hide."""
+    server = DaphneServer(env=daphne_env).start()
+    yield server
+    server.stop()

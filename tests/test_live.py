@@ -30,9 +30,11 @@ async def test_text_gets_the_greeting_and_binary_comes_back(daphne):
         assert await ws.recv() == b"\x00\x01\xfe\xff"
 
 
-@pytest.mark.parametrize("message", ["", b"", "tëxt", b"\x00bin", "x" * LIMIT, b"\x07" * LIMIT],
-                         ids=["empty-text", "empty-binary", "text", "binary", "text-at-limit",
-                              "binary-at-limit"])
+@pytest.mark.parametrize(
+    "message",
+    ["", b"", "tëxt", b"\x00bin", "x" * LIMIT, b"\x07" * LIMIT],
+    ids=["empty-text", "empty-binary", "text", "binary", "text-at-limit", "binary-at-limit"],
+)
 async def test_raw_echo_is_exact_up_to_the_limit(daphne, message):
     """ws/raw/ sends back exactly what came, of the same kind, the empty message and 1 MiB included."""
     async with connect(daphne, "/ws/raw/") as ws:
@@ -144,15 +146,19 @@ async def test_connection_life_and_messages_are_logged(daphne):
     log = daphne.wait_for_log(f"{peer} closed code=4100")
     lines = [line for line in log.splitlines() if peer in line]
     assert [line.split(peer)[1].strip().split()[0] for line in lines] == [
-        "connected", "received", "sent", "closed"]
+        "connected",
+        "received",
+        "sent",
+        "closed",
+    ]
     assert len({line.split(peer)[0].split()[-1] for line in lines}) == 1, "one connection id throughout"
     assert "log me" not in "\n".join(lines)
 
 
 @pytest.mark.usefixtures("channel_layer_settings")
-async def test_idle_client_survives_well_past_the_redis_read_timeout(daphne):
+async def test_idle_client_survives_well_past_the_redis_read_timeout(fresh_daphne):
     """A client silent for 8 s (redis-py 8's default socket timeout is 5 s) still echoes and gets pushes."""
-    async with connect(daphne) as ws:
+    async with connect(fresh_daphne) as ws:
         await asyncio.sleep(8)
         await ws.send("still here")
         assert await ws.recv() == "Server: Hello. You said: still here"

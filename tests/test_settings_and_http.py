@@ -14,8 +14,14 @@ from tests.servers import ROOT
 
 def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_URL"))}
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**clean, **env},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_production_refuses_to_start_without_a_secret_key():
@@ -28,13 +34,24 @@ def test_production_refuses_to_start_without_a_secret_key():
 
 def test_settings_follow_the_environment():
     """DJANGO_ALLOWED_HOSTS, DJANGO_DEBUG, DATABASE_URL and REDIS_URL are read from the environment."""
-    code = ("from django.conf import settings as s; "
-            "print(s.DEBUG, s.ALLOWED_HOSTS, s.DATABASES['default']['ENGINE'], "
-            "s.CHANNEL_LAYERS['default']['CONFIG']['hosts'][0]['address'])")
-    result = manage("shell", "--no-imports", "-c", code, env={
-        "DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": "k" * 50, "DJANGO_ALLOWED_HOSTS": "a.example, b.example",
-        "DATABASE_URL": "postgres://u:p@db.example:5432/echo", "REDIS_URL": "redis://cache.example:6380/2",
-    })
+    code = (
+        "from django.conf import settings as s; "
+        "print(s.DEBUG, s.ALLOWED_HOSTS, s.DATABASES['default']['ENGINE'], "
+        "s.CHANNEL_LAYERS['default']['CONFIG']['hosts'][0]['address'])"
+    )
+    result = manage(
+        "shell",
+        "--no-imports",
+        "-c",
+        code,
+        env={
+            "DJANGO_DEBUG": "0",
+            "DJANGO_SECRET_KEY": "k" * 50,
+            "DJANGO_ALLOWED_HOSTS": "a.example, b.example",
+            "DATABASE_URL": "postgres://u:p@db.example:5432/echo",
+            "REDIS_URL": "redis://cache.example:6380/2",
+        },
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[0] == (
         "False ['a.example', 'b.example'] django.db.backends.postgresql redis://cache.example:6380/2"
@@ -58,8 +75,9 @@ def test_migrations_run_on_postgresql_when_given():
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         try:
-            result = manage("migrate", "--noinput",
-                            env={"DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{name}"})
+            result = manage(
+                "migrate", "--noinput", env={"DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{name}"}
+            )
             assert result.returncode == 0, result.stderr
             assert "Applying auth.0001_initial... OK" in result.stdout
         finally:
