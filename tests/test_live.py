@@ -182,3 +182,13 @@ async def test_300_simultaneous_connects_all_succeed(daphne):
     assert replies == [f"Server: Hello. You said: n{n}" for n in range(300)]
     assert time.monotonic() - started < 60
     assert "MaxConnectionsError" not in daphne.log()
+
+
+async def test_unknown_websocket_path_is_refused_with_a_log_line(daphne):
+    """A handshake for a path with no WebSocket route gets 403, and the log names the path."""
+    with pytest.raises(InvalidStatus) as caught:
+        async with connect(daphne, "/ws/nowhere/"):
+            pass
+    assert caught.value.response.status_code == 403
+    daphne.wait_for_log("no WebSocket route for path '/ws/nowhere/'")
+    assert "Traceback" not in daphne.log()
