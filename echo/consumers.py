@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 messages_logger = logging.getLogger("echo.messages")
 
 # The group every ws/ connection joins, and the message type that pushes to it.
-BROADCAST_GROUP = "broadcast"
+BROADCAST_GROUP = "group.all"
 BROADCAST_MESSAGE = "broadcast.message"
 
 

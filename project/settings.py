@@ -125,22 +125,36 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 # redis-py 8 gives every socket a 5 s read timeout, which is exactly channels_redis's
 # 5 s blocking pop: idle consumers die with 1011. The read timeout must outlast the pop.
-# redis-py 8 also raises MaxConnectionsError once 100 connections are busy (a burst of
-# handshakes doing group_add); echo.channel_layer queues for a connection instead.
-REDIS_POOL_OPTIONS = {
+REDIS_CONNECTION_OPTIONS = {
     "socket_timeout": 15,
     "socket_connect_timeout": 3,
-    "max_connections": env_int("REDIS_MAX_CONNECTIONS", 64),
-    "timeout": 10,  # how long a coroutine waits for a free pooled connection
     "health_check_interval": 30,
 }
+# redis-py 8 also raises MaxConnectionsError once 100 pooled connections are busy (a burst
+# of handshakes doing group_add on the "core" layer); echo.channel_layer queues instead.
+REDIS_POOL_OPTIONS = {
+    "max_connections": env_int("REDIS_MAX_CONNECTIONS", 64),
+    "timeout": 10,  # how long a coroutine waits for a free pooled connection
+}
+
+# Which channels_redis layer carries messages between processes: "pubsub" (Redis pub/sub,
+# the default: see README, Choosing the channel layer) or "core" (lists and sorted sets).
+CHANNEL_LAYER = os.environ.get("CHANNEL_LAYER", "pubsub")
+if CHANNEL_LAYER == "pubsub":
+    # One subscriber connection per process and publishes in turn: no pool to exhaust.
+    CHANNEL_LAYER_BACKEND = "channels_redis.pubsub.RedisPubSubChannelLayer"
+    CHANNEL_LAYER_HOST = {"address": REDIS_URL, **REDIS_CONNECTION_OPTIONS}
+elif CHANNEL_LAYER == "core":
+    CHANNEL_LAYER_BACKEND = "echo.channel_layer.RedisChannelLayer"
+    CHANNEL_LAYER_HOST = {"address": REDIS_URL, **REDIS_CONNECTION_OPTIONS, **REDIS_POOL_OPTIONS}
+else:
+    sys.stderr.write(f"CHANNEL_LAYER must be pubsub or core, not {CHANNEL_LAYER!r}.\n")
+    raise SystemExit(2)
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "echo.channel_layer.RedisChannelLayer",
-        "CONFIG": {
-            "hosts": [{"address": REDIS_URL, **REDIS_POOL_OPTIONS}],
-        },
+        "BACKEND": CHANNEL_LAYER_BACKEND,
+        "CONFIG": {"hosts": [CHANNEL_LAYER_HOST]},
     },
 }
 
