@@ -1,20 +1,23 @@
-"""WebSocket consumers: they move messages between a socket and echo.services, nothing more."""
+"""WebSocket consumers: they move messages between a socket, the channel layer and echo.services."""
 
 import logging
 import uuid
+from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.utils import timezone
 
-from echo import services
+from echo import protocol, services
+from echo.presence import registry
 
 logger = logging.getLogger(__name__)
 # Per-message lines have their own logger, off by default: at thousands of messages a
 # second they cost about a quarter of the echo throughput (bench/logging_cost.py).
 messages_logger = logging.getLogger("echo.messages")
 
-# The group every ws/ connection joins, and the message type that pushes to it.
-BROADCAST_GROUP = "group.all"
-BROADCAST_MESSAGE = "broadcast.message"
+# How many groups one connection may be in, "all" included.
+MAX_GROUPS = 20
+POLICY_VIOLATION = 1008
 
 
 class LoggedConsumer(AsyncWebsocketConsumer):
@@ -26,10 +29,16 @@ class LoggedConsumer(AsyncWebsocketConsumer):
         self.peer = f"{client[0]}:{client[1]}"
         await super().websocket_connect(message)
 
-    async def connect(self) -> None:
-        """Accept the connection."""
-        await self.accept()
-        logger.info("conn=%s peer=%s connected path=%s", self.connection_id, self.peer, self.scope["path"])
+    async def accept(self, subprotocol: str | None = None, headers=None) -> None:
+        """Accept the connection, with ``subprotocol`` if given."""
+        await super().accept(subprotocol, headers)
+        logger.info(
+            "conn=%s peer=%s connected path=%s%s",
+            self.connection_id,
+            self.peer,
+            self.scope["path"],
+            f" protocol={subprotocol}" if subprotocol else "",
+        )
 
     async def websocket_receive(self, message: dict) -> None:
         if messages_logger.isEnabledFor(logging.INFO):
@@ -45,26 +54,117 @@ class LoggedConsumer(AsyncWebsocketConsumer):
             sent = {"text": text_data, "bytes": bytes_data}
             messages_logger.info("conn=%s peer=%s sent %s", self.connection_id, self.peer, describe(sent))
 
+    async def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Close the connection with ``code`` and ``reason``."""
+        if code not in (None, 1000):
+            logger.info(
+                "conn=%s peer=%s closing code=%s reason=%s", self.connection_id, self.peer, code, reason
+            )
+        await super().close(code, reason)
+
     async def disconnect(self, code: int) -> None:
         """Log the end of the connection with the client's close code."""
         logger.info("conn=%s peer=%s closed code=%s", self.connection_id, self.peer, code)
 
 
 class EchoConsumer(LoggedConsumer):
-    """ws/: answer text with a greeting, echo binary as it came, relay broadcasts."""
+    """ws/: answer text with a greeting, echo binary, relay broadcasts; JSON with echo.json."""
 
-    groups = (BROADCAST_GROUP,)
+    async def connect(self) -> None:
+        """Accept, join "all" and the groups named in the query string, and count in."""
+        self.uses_json = protocol.JSON_SUBPROTOCOL in self.scope.get("subprotocols", ())
+        await self.accept(protocol.JSON_SUBPROTOCOL if self.uses_json else None)
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
+        try:
+            names = [services.validate_group_name(name) for name in query.get("group", [])]
+        except services.InvalidGroupName as error:
+            await self.close(POLICY_VIOLATION, str(error))
+            return
+        self.names: list[str] = []
+        for name in [services.ALL_GROUP, *names][:MAX_GROUPS]:
+            await self.join(name)
+        user = self.scope.get("user")
+        row = {
+            "channel_name": self.channel_name,
+            "path": self.scope["path"],
+            "groups": ",".join(self.names),
+            "user_id": user.pk if user is not None and user.is_authenticated else None,
+            "peer": self.peer,
+            "user_agent": header(self.scope, b"user-agent")[:300],
+            "protocol": protocol.JSON_SUBPROTOCOL if self.uses_json else "",
+            "connected_at": timezone.now(),
+        }
+        registry.add(self.connection_id, row, self.send_online if self.uses_json else None)
+
+    async def disconnect(self, code: int) -> None:
+        """Count the connection out and log its end."""
+        registry.remove(self.connection_id)
+        await super().disconnect(code)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Answer one message from the client."""
-        if text_data is not None:
+        if text_data is None:
+            await self.send(bytes_data=bytes_data)
+        elif not self.uses_json:
             await self.send(text_data=services.echo_reply(text=text_data))
         else:
-            await self.send(bytes_data=bytes_data)
+            await self.receive_envelope(text_data)
+
+    async def receive_envelope(self, text: str) -> None:
+        """Act on one echo.json message; a bad one gets an error envelope, not a close."""
+        try:
+            message = protocol.parse(text)
+            if message.type == "echo":
+                await self.send(
+                    text_data=protocol.encode("echo", text=services.echo_reply(text=message.value))
+                )
+            elif message.type == "join":
+                await self.join(services.validate_group_name(message.value))
+                await self.send(text_data=protocol.encode("joined", group=message.value, groups=self.names))
+            else:
+                await self.leave(services.validate_group_name(message.value))
+                await self.send(text_data=protocol.encode("left", group=message.value, groups=self.names))
+        except (protocol.ProtocolError, services.InvalidGroupName) as error:
+            await self.send(text_data=protocol.encode("error", error=str(error)))
+
+    async def join(self, name: str) -> None:
+        """Add this connection to the group ``name``."""
+        if name in self.names:
+            return
+        if len(self.names) >= MAX_GROUPS:
+            raise services.InvalidGroupName(f"a connection may be in at most {MAX_GROUPS} groups")
+        group = services.layer_group(name)
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.groups.append(group)  # the base class leaves self.groups on disconnect
+        self.names.append(name)
+        registry.update(self.connection_id, groups=",".join(self.names))
+
+    async def leave(self, name: str) -> None:
+        """Take this connection out of the group ``name``."""
+        if name == services.ALL_GROUP:
+            raise services.InvalidGroupName(f"every connection stays in {services.ALL_GROUP!r}")
+        if name not in self.names:
+            return
+        group = services.layer_group(name)
+        await self.channel_layer.group_discard(group, self.channel_name)
+        self.groups.remove(group)
+        self.names.remove(name)
+        registry.update(self.connection_id, groups=",".join(self.names))
 
     async def broadcast_message(self, event: dict) -> None:
         """Relay a broadcast from the channel layer to the client."""
-        await self.send(text_data=services.broadcast_text(text=event["text"]))
+        if self.uses_json:
+            await self.send(text_data=protocol.broadcast_envelope(event))
+        else:
+            await self.send(text_data=services.broadcast_text(text=event["text"]))
+
+    async def connection_close(self, event: dict) -> None:
+        """Close the connection because the server was asked to (an administrator's disconnect)."""
+        await self.close(event["code"], event["reason"])
+
+    async def send_online(self, online: int) -> None:
+        """Tell a JSON client how many connections are online."""
+        await self.send(text_data=protocol.encode("presence", online=online))
 
 
 class RawEchoConsumer(LoggedConsumer):
@@ -88,6 +188,14 @@ class NoRouteConsumer(AsyncWebsocketConsumer):
             self.scope["path"],
         )
         await self.close()
+
+
+def header(scope: dict, name: bytes) -> str:
+    """Return the value of the request header ``name``, or an empty string."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin1")
+    return ""
 
 
 def describe(message: dict) -> str:

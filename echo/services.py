@@ -1,7 +1,51 @@
-"""What the server says: the echo reply and the text of a push, kept out of the consumers."""
+"""The server's logic: what it answers, which groups exist, and how a broadcast is sent."""
+
+import asyncio
+import logging
+import re
+from collections.abc import Iterable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from urllib.parse import urlsplit, urlunsplit
+
+from asgiref.sync import async_to_sync
+from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from echo.models import Broadcast, Connection
+
+logger = logging.getLogger(__name__)
 
 ECHO_PREFIX = "Server: Hello. You said: "
 BROADCAST_PREFIX = "Server broadcast: "
+
+# Every ws/ connection is in this group; a broadcast with no group goes to it.
+ALL_GROUP = "all"
+# Channel-layer message types, each handled by the consumer method of the same name.
+BROADCAST_MESSAGE = "broadcast.message"
+CLOSE_MESSAGE = "connection.close"
+
+# Channels accepts these characters in group names; ours get a prefix of 6 characters.
+GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]{1,90}$")
+LAYER_GROUP_PREFIX = "group."
+
+# Close code an administrator's disconnect sends (4000-4999: for applications).
+ADMIN_DISCONNECT_CODE = 4000
+
+
+class InvalidGroupName(ValueError):
+    """A group name outside what Channels allows."""
+
+
+class BroadcastNotSent(RuntimeError):
+    """The broadcast was recorded but the channel layer could not take it."""
+
+    def __init__(self, message: str, *, broadcast: Broadcast) -> None:
+        super().__init__(message)
+        self.broadcast = broadcast
 
 
 def echo_reply(*, text: str) -> str:
@@ -12,3 +56,110 @@ def echo_reply(*, text: str) -> str:
 def broadcast_text(*, text: str) -> str:
     """Return the frame a plain client gets for a broadcast, told apart from an echo by its prefix."""
     return BROADCAST_PREFIX + text
+
+
+def validate_group_name(name: str) -> str:
+    """Return ``name`` if it is a valid group name, else raise InvalidGroupName saying why."""
+    if not isinstance(name, str) or not GROUP_NAME.match(name):
+        raise InvalidGroupName(f"invalid group name {name!r}: use 1 to 90 letters, digits, '-', '_' or '.'")
+    return name
+
+
+def layer_group(name: str) -> str:
+    """Return the channel-layer group that carries the group ``name``."""
+    return LAYER_GROUP_PREFIX + name
+
+
+def broadcast_event(broadcast: Broadcast) -> dict:
+    """Return the channel-layer message that delivers ``broadcast``."""
+    return {
+        "type": BROADCAST_MESSAGE,
+        "id": broadcast.pk,
+        "text": broadcast.text,
+        "group": broadcast.group,
+        "sender": broadcast.sender_name,
+        "sent_at": broadcast.sent_at.isoformat(),
+    }
+
+
+def broadcast_send(*, text: str, group: str = ALL_GROUP, sender: AbstractBaseUser | None = None) -> Broadcast:
+    """Record a broadcast, then push it to every connection in ``group`` on every process."""
+    validate_group_name(group)
+    broadcast = Broadcast.objects.create(text=text, group=group, sender=sender)
+    try:
+        async_to_sync(_publish)(layer_group(group), broadcast_event(broadcast))
+    except Exception as error:
+        raise BroadcastNotSent(
+            f"broadcast #{broadcast.pk} is recorded but not sent: Redis at "
+            f"{redacted(settings.REDIS_URL)} failed ({describe_error(error)})",
+            broadcast=broadcast,
+        ) from error
+    logger.info("broadcast=%s group=%s sender=%s sent", broadcast.pk, group, broadcast.sender_name)
+    return broadcast
+
+
+def disconnect(*, connections: Iterable[Connection], reason: str) -> int:
+    """Ask the processes holding ``connections`` to close them with code 4000; return how many."""
+    channels = [connection.channel_name for connection in connections]
+    event = {"type": CLOSE_MESSAGE, "code": ADMIN_DISCONNECT_CODE, "reason": reason}
+    async_to_sync(_send_each)(channels, event)
+    return len(channels)
+
+
+def live_connections(*, group: str = ALL_GROUP) -> QuerySet[Connection]:
+    """Return the connections in ``group`` of every process whose heartbeat is recent."""
+    fresh_since = timezone.now() - timedelta(seconds=settings.PRESENCE_STALE_AFTER)
+    live = Connection.objects.filter(process__last_seen__gte=fresh_since)
+    if group == ALL_GROUP:
+        return live
+    return live.filter(
+        Q(groups=group)
+        | Q(groups__startswith=f"{group},")
+        | Q(groups__endswith=f",{group}")
+        | Q(groups__contains=f",{group},")
+    )
+
+
+def redacted(url: str) -> str:
+    """Return ``url`` without its password, fit for a log line or an error message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def describe_error(error: BaseException) -> str:
+    """Say what went wrong in a few words, without a traceback."""
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return str(error) or type(error).__name__
+
+
+async def _publish(group: str, event: dict) -> None:
+    async with _private_layer() as layer:
+        await layer.group_send(group, event)
+
+
+async def _send_each(channels: list[str], event: dict) -> None:
+    async with _private_layer() as layer:
+        for channel in channels:
+            await layer.send(channel, event)
+
+
+@asynccontextmanager
+async def _private_layer():
+    """Yield a channel layer of its own for one sync call, closed before the call's loop is.
+
+    ``async_to_sync`` may run in a loop made for this one call (a management command, the
+    test client); pooled connections left behind in it fail later with "Event loop is
+    closed" (channels_redis #332). Inside Daphne, the consumers' shared layer is left alone.
+    """
+    layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
+    try:
+        async with asyncio.timeout(settings.CHANNEL_LAYER_SEND_TIMEOUT):
+            yield layer
+    finally:
+        # The core layer's flush() would delete every group; close_pools() only disconnects.
+        close = getattr(layer, "close_pools", None) or layer.flush
+        await close()

@@ -187,3 +187,13 @@ LOGGING = {
         "django": {"level": LOG_LEVEL if LOG_LEVEL != "DEBUG" else "INFO"},
     },
 }
+
+# --- Broadcasts and presence ---------------------------------------------------------
+
+# How long a broadcast may take to reach Redis before the sender is told it failed.
+CHANNEL_LAYER_SEND_TIMEOUT = env_int("CHANNEL_LAYER_SEND_TIMEOUT", 5)
+# Each process writes its connections to the database and proves it is alive this often;
+# JSON clients get the online count at most this often.
+PRESENCE_INTERVAL = float(os.environ.get("PRESENCE_INTERVAL", "2"))
+# A process silent for this long is taken for dead, and its connections are removed.
+PRESENCE_STALE_AFTER = env_int("PRESENCE_STALE_AFTER", 30)

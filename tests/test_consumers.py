@@ -6,9 +6,21 @@ import pytest
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
-from echo.consumers import BROADCAST_GROUP, BROADCAST_MESSAGE, EchoConsumer, RawEchoConsumer
+from echo import consumers
+from echo.consumers import EchoConsumer, RawEchoConsumer
+from echo.presence import PresenceRegistry
+from echo.services import BROADCAST_MESSAGE, layer_group
 
-pytestmark = pytest.mark.usefixtures("channel_layer_settings")
+pytestmark = [pytest.mark.usefixtures("channel_layer_settings"), pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+async def registry(monkeypatch):
+    """A presence registry of the test's own, stopped with the test's event loop."""
+    fresh = PresenceRegistry()
+    monkeypatch.setattr(consumers, "registry", fresh)
+    yield fresh
+    await fresh.stop()
 
 
 async def connected(consumer, path: str) -> WebsocketCommunicator:
@@ -48,7 +60,7 @@ async def test_raw_echo_returns_exactly_what_came(payload):
 async def test_echo_connection_receives_group_broadcasts():
     """A ws/ connection joins the broadcast group and relays what is sent to it."""
     communicator = await connected(EchoConsumer, "/ws/")
-    await get_channel_layer().group_send(BROADCAST_GROUP, {"type": BROADCAST_MESSAGE, "text": "hi all"})
+    await get_channel_layer().group_send(layer_group("all"), {"type": BROADCAST_MESSAGE, "text": "hi all"})
     assert await communicator.receive_from(timeout=3) == "Server broadcast: hi all"
     await communicator.disconnect()
 

@@ -12,7 +12,7 @@ import websockets
 from channels.layers import get_channel_layer
 from websockets.exceptions import InvalidStatus
 
-from echo.consumers import BROADCAST_GROUP, BROADCAST_MESSAGE
+from echo.services import BROADCAST_MESSAGE, layer_group
 
 LIMIT = 1024 * 1024  # settings.WEBSOCKET_MAX_MESSAGE_SIZE's default
 
@@ -162,7 +162,7 @@ async def test_idle_client_survives_well_past_the_redis_read_timeout(fresh_daphn
         await asyncio.sleep(8)
         await ws.send("still here")
         assert await ws.recv() == "Server: Hello. You said: still here"
-        await get_channel_layer().group_send(BROADCAST_GROUP, {"type": BROADCAST_MESSAGE, "text": "push"})
+        await get_channel_layer().group_send(layer_group("all"), {"type": BROADCAST_MESSAGE, "text": "push"})
         assert await asyncio.wait_for(ws.recv(), 5) == "Server broadcast: push"
     assert ws.protocol.close_rcvd.code == 1000
 
