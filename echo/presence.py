@@ -106,7 +106,7 @@ class PresenceRegistry:
         if removed:
             Connection.objects.filter(id__in=removed).delete()
         if added:
-            rows = [Connection(process_id=self.process_id, **row) for row in added.values()]
+            rows = [Connection(id=key, process_id=self.process_id, **row) for key, row in added.items()]
             Connection.objects.bulk_create(rows, ignore_conflicts=True)
         for connection_id, fields in updated.items():
             Connection.objects.filter(id=connection_id).update(**fields)

@@ -1,5 +1,6 @@
 """The consumers on their own, through Channels' WebsocketCommunicator, over a real Redis."""
 
+import asyncio
 import logging
 
 import pytest
@@ -97,3 +98,110 @@ async def test_message_lines_are_logged_only_when_enabled(caplog):
     assert "received text 4 chars" in lines[0] and "sent text 4 chars" in lines[1]
     assert "loud" not in " ".join(lines), "message content must not be logged"
     await communicator.disconnect()
+
+
+async def connected_json(path: str = "/ws/") -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(EchoConsumer.as_asgi(), path, subprotocols=["echo.json"])
+    accepted, subprotocol = await communicator.connect()
+    assert accepted and subprotocol == "echo.json"
+    return communicator
+
+
+async def test_json_client_gets_envelopes():
+    """With echo.json, an echo comes back as a JSON envelope of type echo."""
+    communicator = await connected_json()
+    await communicator.send_json_to({"type": "echo", "text": "héllo"})
+    assert await communicator.receive_json_from() == {
+        "type": "echo",
+        "text": "Server: Hello. You said: héllo",
+    }
+    await communicator.disconnect()
+
+
+@pytest.mark.parametrize(
+    "frame, error",
+    [
+        ("not json", "expected a JSON object, got text that is not JSON"),
+        ("[1, 2]", "expected a JSON object, got list"),
+        ('{"type": "shout", "text": "x"}', "expected type to be one of echo, join, leave, got 'shout'"),
+        ('{"type": "echo"}', "expected a string 'text' in a 'echo' message"),
+        ('{"type": "join", "group": "no spaces"}', "invalid group name 'no spaces'"),
+        ('{"type": "leave", "group": "all"}', "every connection stays in 'all'"),
+    ],
+)
+async def test_bad_json_message_gets_an_error_envelope_and_the_connection_stays(frame, error):
+    """A malformed echo.json message is answered with an error naming the problem; echo still works."""
+    communicator = await connected_json()
+    await communicator.send_to(text_data=frame)
+    reply = await communicator.receive_json_from()
+    assert reply["type"] == "error" and error in reply["error"]
+    await communicator.send_json_to({"type": "echo", "text": "still"})
+    assert (await communicator.receive_json_from())["type"] == "echo"
+    await communicator.disconnect()
+
+
+async def test_json_client_joins_and_leaves_groups():
+    """join and leave change which group broadcasts the client gets."""
+    communicator = await connected_json()
+    layer = get_channel_layer()
+    await communicator.send_json_to({"type": "join", "group": "red"})
+    assert await communicator.receive_json_from() == {
+        "type": "joined",
+        "group": "red",
+        "groups": ["all", "red"],
+    }
+    event = {
+        "type": BROADCAST_MESSAGE,
+        "id": 1,
+        "text": "to red",
+        "group": "red",
+        "sender": "server",
+        "sent_at": "2026-01-01T00:00:00+00:00",
+    }
+    await layer.group_send(layer_group("red"), event)
+    assert await communicator.receive_json_from(timeout=3) == {**event, "type": "broadcast"}
+    await communicator.send_json_to({"type": "leave", "group": "red"})
+    assert await communicator.receive_json_from() == {"type": "left", "group": "red", "groups": ["all"]}
+    await layer.group_send(layer_group("red"), event)
+    assert await communicator.receive_nothing(timeout=0.5)
+    await communicator.disconnect()
+
+
+async def test_plain_client_joins_groups_from_the_query_string():
+    """?group=red puts a plain client in red (and all), not in blue."""
+    communicator = await connected(EchoConsumer, "/ws/?group=red")
+    layer = get_channel_layer()
+    await layer.group_send(layer_group("blue"), {"type": BROADCAST_MESSAGE, "text": "to blue"})
+    await layer.group_send(layer_group("red"), {"type": BROADCAST_MESSAGE, "text": "to red"})
+    assert await communicator.receive_from(timeout=3) == "Server broadcast: to red"
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()
+
+
+async def test_bad_group_in_the_query_string_closes_with_1008_and_a_reason():
+    """An invalid group name on connect gets close code 1008 with a reason, not a crash."""
+    communicator = WebsocketCommunicator(EchoConsumer.as_asgi(), "/ws/?group=bad%20name!")
+    accepted, _ = await communicator.connect()
+    assert accepted
+    closed = await communicator.receive_output()
+    assert closed["type"] == "websocket.close" and closed["code"] == 1008
+    assert "invalid group name 'bad name!'" in closed["reason"]
+
+
+async def registered_rows(registry: PresenceRegistry, count: int) -> list[dict]:
+    """Wait until the consumers have counted themselves in (they do it just after accepting)."""
+    for _ in range(100):
+        if len(registry.added) >= count:
+            return list(registry.added.values())
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(registry.added)} connections registered, expected {count}")
+
+
+async def test_server_close_event_closes_with_its_code_and_reason(registry):
+    """An administrator's disconnect reaches the connection as a close frame with 4000 and a reason."""
+    communicator = await connected(EchoConsumer, "/ws/")
+    layer = get_channel_layer()
+    channel = (await registered_rows(registry, 1))[0]["channel_name"]
+    await layer.send(channel, {"type": "connection.close", "code": 4000, "reason": "disconnected by alice"})
+    closed = await communicator.receive_output(timeout=3)
+    assert closed == {"type": "websocket.close", "code": 4000, "reason": "disconnected by alice"}

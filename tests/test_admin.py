@@ -1,0 +1,132 @@
+"""The admin: sending broadcasts, their history, live connections and the disconnect action."""
+
+import asyncio
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import Permission, User
+from django.test import AsyncClient
+
+from echo import consumers, services
+from echo.consumers import EchoConsumer
+from echo.models import Broadcast
+from echo.presence import PresenceRegistry
+
+pytestmark = [pytest.mark.usefixtures("channel_layer_settings"), pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+async def registry(monkeypatch, settings):
+    settings.PRESENCE_INTERVAL = 60
+    fresh = PresenceRegistry()
+    monkeypatch.setattr(consumers, "registry", fresh)
+    yield fresh
+    await fresh.stop()
+
+
+async def signed_in(*permissions: str, superuser: bool = False) -> AsyncClient:
+    @database_sync_to_async
+    def make_user() -> User:
+        user = User.objects.create_user("alice", password="pw", is_staff=True, is_superuser=superuser)
+        for codename in permissions:
+            user.user_permissions.add(Permission.objects.get(codename=codename))
+        return user
+
+    client = AsyncClient()
+    await client.aforce_login(await make_user())
+    return client
+
+
+async def ws_client(path: str = "/ws/") -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(EchoConsumer.as_asgi(), path)
+    assert (await communicator.connect())[0]
+    await communicator.receive_nothing(timeout=0.1)
+    return communicator
+
+
+async def test_saving_a_broadcast_in_the_admin_sends_it():
+    """A staff user with the add permission composes a broadcast; saving records and sends it."""
+    listener = await ws_client()
+    client = await signed_in("add_broadcast", "view_broadcast")
+    response = await client.post(
+        "/admin/echo/broadcast/add/", {"text": "from the admin", "group": "all"}, follow=True
+    )
+    assert response.status_code == 200
+    broadcast = await Broadcast.objects.select_related("sender").aget()
+    assert (broadcast.text, broadcast.group, broadcast.sender.username) == ("from the admin", "all", "alice")
+    assert f"Broadcast #{broadcast.pk} sent to group &#x27;all&#x27;" in response.content.decode()
+    assert await listener.receive_from(timeout=3) == "Server broadcast: from the admin"
+    await listener.disconnect()
+
+
+async def test_admin_rejects_a_bad_group_and_sends_nothing():
+    """An invalid group name is a form error; nothing is recorded or sent."""
+    listener = await ws_client()
+    client = await signed_in("add_broadcast", "view_broadcast")
+    response = await client.post("/admin/echo/broadcast/add/", {"text": "x", "group": "bad name"})
+    assert response.status_code == 200
+    assert "invalid group name" in response.content.decode()
+    assert not await Broadcast.objects.aexists()
+    assert await listener.receive_nothing(timeout=0.3)
+    await listener.disconnect()
+
+
+async def test_staff_without_permission_cannot_send():
+    """Being staff is not enough: without add_broadcast the add page is forbidden."""
+    client = await signed_in("view_broadcast")
+    assert (await client.get("/admin/echo/broadcast/add/")).status_code == 403
+    response = await client.post("/admin/echo/broadcast/add/", {"text": "x", "group": "all"})
+    assert response.status_code == 403
+    assert not await Broadcast.objects.aexists()
+
+
+async def test_broadcast_history_is_searchable_and_read_only():
+    """The history lists broadcasts with search and filters; a sent broadcast cannot be edited."""
+    await Broadcast.objects.acreate(text="alpha release", group="all")
+    await Broadcast.objects.acreate(text="beta release", group="red")
+    client = await signed_in(superuser=True)
+    page = (await client.get("/admin/echo/broadcast/?q=alpha")).content.decode()
+    assert "alpha release" in page and "beta release" not in page
+    page = (await client.get("/admin/echo/broadcast/?group=red")).content.decode()
+    assert "beta release" in page and "alpha release" not in page
+    first = await Broadcast.objects.aget(text="alpha release")
+    change_page = (await client.get(f"/admin/echo/broadcast/{first.pk}/change/")).content.decode()
+    assert 'name="_save"' not in change_page
+
+
+async def test_live_connections_are_listed_and_can_be_disconnected(registry):
+    """The admin lists live connections; the disconnect action closes the chosen one with 4000."""
+    chosen, other = await ws_client("/ws/?group=red"), await ws_client()
+    await registry.flush()
+    client = await signed_in(superuser=True)
+    page = (await client.get("/admin/echo/connection/")).content.decode()
+    rows = await database_sync_to_async(
+        lambda: {c.groups: c.id for c in services.live_connections()}
+    )()
+    assert set(rows) == {"all,red", "all"}
+    assert rows["all,red"] in page and rows["all"] in page
+    response = await client.post(
+        "/admin/echo/connection/", {"action": "disconnect_selected", "_selected_action": [rows["all,red"]]}
+    )
+    assert response.status_code == 302
+    closed = await chosen.receive_output(timeout=3)
+    assert closed == {"type": "websocket.close", "code": 4000, "reason": "disconnected by alice"}
+    assert await other.receive_nothing(timeout=0.3)
+    await other.disconnect()
+
+
+async def test_disconnect_needs_its_permission(registry):
+    """A staff user who may only view connections is not offered, and cannot use, the action."""
+    listener = await ws_client()
+    await registry.flush()
+    client = await signed_in("view_connection")
+    page = (await client.get("/admin/echo/connection/")).content.decode()
+    assert "disconnect_selected" not in page
+    connection_id = next(iter(registry.listeners))
+    await client.post(
+        "/admin/echo/connection/", {"action": "disconnect_selected", "_selected_action": [connection_id]}
+    )
+    await asyncio.sleep(0.3)
+    assert await listener.receive_nothing(timeout=0.3)
+    await listener.disconnect()

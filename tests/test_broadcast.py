@@ -1,0 +1,124 @@
+"""The broadcast service and the broadcast command, over a real Redis."""
+
+import subprocess
+import sys
+import time
+from io import StringIO
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+
+from echo import consumers, services
+from echo.consumers import EchoConsumer
+from echo.models import Broadcast
+from echo.presence import PresenceRegistry
+from tests.servers import ROOT, free_port
+
+pytestmark = [pytest.mark.usefixtures("channel_layer_settings"), pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+async def registry(monkeypatch):
+    fresh = PresenceRegistry()
+    monkeypatch.setattr(consumers, "registry", fresh)
+    yield fresh
+    await fresh.stop()
+
+
+async def client(path: str = "/ws/", json: bool = False) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(
+        EchoConsumer.as_asgi(), path, subprotocols=["echo.json"] if json else None
+    )
+    assert (await communicator.connect())[0]
+    # The consumer joins its groups just after accepting; let it finish.
+    await communicator.receive_nothing(timeout=0.1)
+    return communicator
+
+
+async def test_command_reaches_connected_clients_and_records_the_broadcast():
+    """manage.py broadcast TEXT: plain clients get the text, JSON clients the envelope, one line of output."""
+    plain, json = await client(), await client(json=True)
+    out = StringIO()
+    await database_sync_to_async(call_command)("broadcast", "deploy at 5 ✓", stdout=out)
+    broadcast = await Broadcast.objects.aget()
+    assert (broadcast.text, broadcast.group, broadcast.sender_id) == ("deploy at 5 ✓", "all", None)
+    assert await plain.receive_from(timeout=3) == "Server broadcast: deploy at 5 ✓"
+    assert await json.receive_json_from(timeout=3) == {
+        "type": "broadcast",
+        "id": broadcast.pk,
+        "text": "deploy at 5 ✓",
+        "group": "all",
+        "sender": "server",
+        "sent_at": broadcast.sent_at.isoformat(),
+    }
+    assert out.getvalue().startswith(f"Broadcast #{broadcast.pk} sent to group 'all'; the registry knows ")
+    assert out.getvalue().count("\n") == 1
+    await plain.disconnect()
+    await json.disconnect()
+
+
+async def test_command_with_group_reaches_only_that_group():
+    """--group red reaches clients in red and no one else."""
+    red, other = await client("/ws/?group=red"), await client()
+    await database_sync_to_async(call_command)("broadcast", "red only", group="red", stdout=StringIO())
+    assert await red.receive_from(timeout=3) == "Server broadcast: red only"
+    assert await other.receive_nothing(timeout=0.5)
+    await red.disconnect()
+    await other.disconnect()
+
+
+async def test_service_names_the_sender():
+    """A broadcast sent by a user carries their name to JSON clients."""
+    alice = await get_user_model().objects.acreate(username="alice")
+    json = await client(json=True)
+    await database_sync_to_async(services.broadcast_send)(text="hi", sender=alice)
+    assert (await json.receive_json_from(timeout=3))["sender"] == "alice"
+    await json.disconnect()
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (["  "], "TEXT is empty: give the message to send."),
+        (["hi", "--group", "no spaces"], "invalid group name 'no spaces'"),
+    ],
+)
+def test_command_refuses_bad_input_with_one_line(args, error):
+    """Empty text or a bad group name is a CommandError naming the problem; nothing is recorded."""
+    with pytest.raises(CommandError, match=error):
+        call_command("broadcast", *args, stdout=StringIO())
+    assert not Broadcast.objects.exists()
+
+
+def test_command_with_redis_down_exits_non_zero_with_one_line(tmp_path):
+    """With nothing at REDIS_URL: exit 1 within seconds, one line on stderr, no traceback, no password."""
+    env = {
+        "REDIS_URL": f"redis://:s3cret@127.0.0.1:{free_port()}/0",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "PATH": "/usr/bin:/bin",
+    }
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    started = time.monotonic()
+    result = subprocess.run(
+        [*manage, "broadcast", "hello"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert elapsed < 10
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        "CommandError: broadcast #1 is recorded but not sent: Redis at redis://:***@127.0.0.1:"
+    )
+    assert "s3cret" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_redacted_hides_only_the_password():
+    """URLs in messages keep their host and database but lose the password."""
+    assert services.redacted("redis://user:pw@cache:6379/2") == "redis://user:***@cache:6379/2"
+    assert services.redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
