@@ -2,12 +2,15 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.test import override_settings
 
 from tests.servers import ROOT, DaphneServer, RedisServer
+
+ADMIN_PASSWORD = "admin-password-for-live-tests"
 
 
 @pytest.fixture(scope="session")
@@ -44,16 +47,38 @@ def daphne_env(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFacto
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "LOG_LEVEL": "INFO",
         "LOG_MESSAGES": "1",
+        # Fast presence, so that tests see rows come and go within seconds.
+        "PRESENCE_INTERVAL": "0.5",
+        "PRESENCE_STALE_AFTER": "5",
     }
     manage = [sys.executable, "manage.py"]
-    for command in (["migrate", "--noinput", "-v", "0"], ["collectstatic", "--noinput", "-v", "0"]):
-        subprocess.run([*manage, *command], cwd=ROOT, env={**os.environ, **env}, check=True)
+    superuser = {"DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD}
+    for command in (
+        ["migrate", "--noinput", "-v", "0"],
+        ["collectstatic", "--noinput", "-v", "0"],
+        ["createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com"],
+    ):
+        subprocess.run([*manage, *command], cwd=ROOT, env={**os.environ, **env, **superuser}, check=True)
     return env
+
+
+@pytest.fixture(scope="session")
+def live_database(daphne_env: dict[str, str]) -> Path:
+    """The SQLite file the live Daphne processes share."""
+    return Path(daphne_env["DATABASE_URL"].removeprefix("sqlite:///"))
 
 
 @pytest.fixture(scope="session")
 def daphne(daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
     """One live Daphne serving the project for the whole session."""
+    server = DaphneServer(env=daphne_env).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def daphne_b(daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
+    """A second live Daphne on another port, sharing the Redis and the database with the first."""
     server = DaphneServer(env=daphne_env).start()
     yield server
     server.stop()

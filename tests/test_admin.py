@@ -101,9 +101,7 @@ async def test_live_connections_are_listed_and_can_be_disconnected(registry):
     await registry.flush()
     client = await signed_in(superuser=True)
     page = (await client.get("/admin/echo/connection/")).content.decode()
-    rows = await database_sync_to_async(
-        lambda: {c.groups: c.id for c in services.live_connections()}
-    )()
+    rows = await database_sync_to_async(lambda: {c.groups: c.id for c in services.live_connections()})()
     assert set(rows) == {"all,red", "all"}
     assert rows["all,red"] in page and rows["all"] in page
     response = await client.post(
