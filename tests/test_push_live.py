@@ -174,3 +174,33 @@ async def test_admin_lists_connections_of_both_processes(daphne, daphne_b, live_
         for port, process in rows.items():
             assert f"127.0.0.1:{port}" in page
             assert process in page
+
+
+async def test_admin_disconnect_closes_a_client_on_the_other_process(daphne, daphne_b, live_database):
+    """The admin action on one process closes a client of the other with 4000 and a reason."""
+    opener, _ = admin_opener(daphne)
+    async with connect(daphne_b) as target:
+        port = target.local_address[1]
+        await wait_rows(live_database, [port], present=True)
+        with sqlite3.connect(live_database) as db:
+            (connection_id,) = db.execute(
+                "SELECT id FROM echo_connection WHERE peer = ?", (f"127.0.0.1:{port}",)
+            ).fetchone()
+        page = opener.open(daphne.http_url + "/admin/echo/connection/", timeout=5).read().decode()
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+        form = {
+            "action": "disconnect_selected",
+            "_selected_action": connection_id,
+            "csrfmiddlewaretoken": token,
+        }
+        await asyncio.to_thread(
+            lambda: opener.open(
+                daphne.http_url + "/admin/echo/connection/", urllib.parse.urlencode(form).encode(), timeout=10
+            ).read()
+        )
+        await asyncio.wait_for(target.wait_closed(), 5)
+    assert target.protocol.close_rcvd is not None
+    assert (target.protocol.close_rcvd.code, target.protocol.close_rcvd.reason) == (
+        4000,
+        "disconnected by admin",
+    )
