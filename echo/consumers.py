@@ -71,16 +71,19 @@ class EchoConsumer(LoggedConsumer):
     """ws/: answer text with a greeting, echo binary, relay broadcasts; JSON with echo.json."""
 
     async def connect(self) -> None:
-        """Accept, join "all" and the groups named in the query string, and count in."""
+        """Join "all" and the groups named in the query string, count in, then accept."""
         self.uses_json = protocol.JSON_SUBPROTOCOL in self.scope.get("subprotocols", ())
-        await self.accept(protocol.JSON_SUBPROTOCOL if self.uses_json else None)
+        subprotocol = protocol.JSON_SUBPROTOCOL if self.uses_json else None
+        self.names: list[str] = []
         query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
         try:
             names = [services.validate_group_name(name) for name in query.get("group", [])]
         except services.InvalidGroupName as error:
+            # A close code and reason can only be sent on an accepted connection.
+            await self.accept(subprotocol)
             await self.close(POLICY_VIOLATION, str(error))
             return
-        self.names: list[str] = []
+        # Join before accepting, so that a broadcast sent once the handshake is done reaches us.
         for name in [services.ALL_GROUP, *names][:MAX_GROUPS]:
             await self.join(name)
         user = self.scope.get("user")
@@ -91,10 +94,11 @@ class EchoConsumer(LoggedConsumer):
             "user_id": user.pk if user is not None and user.is_authenticated else None,
             "peer": self.peer,
             "user_agent": header(self.scope, b"user-agent")[:300],
-            "protocol": protocol.JSON_SUBPROTOCOL if self.uses_json else "",
+            "protocol": subprotocol or "",
             "connected_at": timezone.now(),
         }
         registry.add(self.connection_id, row, self.send_online if self.uses_json else None)
+        await self.accept(subprotocol)
 
     async def disconnect(self, code: int) -> None:
         """Count the connection out and log its end."""

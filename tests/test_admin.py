@@ -41,7 +41,6 @@ async def signed_in(*permissions: str, superuser: bool = False) -> AsyncClient:
 async def ws_client(path: str = "/ws/") -> WebsocketCommunicator:
     communicator = WebsocketCommunicator(EchoConsumer.as_asgi(), path)
     assert (await communicator.connect())[0]
-    await communicator.receive_nothing(timeout=0.1)
     return communicator
 
 
