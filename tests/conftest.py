@@ -84,6 +84,14 @@ def daphne_b(daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
     server.stop()
 
 
+@pytest.fixture(params=["pubsub", "core"])
+def layer_daphne(request, daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
+    """A Daphne of this test's own, once with each channel layer the settings offer."""
+    server = DaphneServer(env={**daphne_env, "CHANNEL_LAYER": request.param}).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def fresh_daphne(daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
     """A Daphne of this test's own, for behaviour that other tests' traffic could hide."""
