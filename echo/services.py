@@ -28,8 +28,9 @@ ALL_GROUP = "all"
 BROADCAST_MESSAGE = "broadcast.message"
 CLOSE_MESSAGE = "connection.close"
 
-# Channels accepts these characters in group names; ours get a prefix of 6 characters.
-GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]{1,90}$")
+# The characters Channels accepts in group names; 90 leaves room for the prefix below
+# within Channels' limit of 100.
+GROUP_NAME = re.compile(r"[a-zA-Z0-9\-_.]{1,90}")
 LAYER_GROUP_PREFIX = "group."
 
 # Close code an administrator's disconnect sends (4000-4999: for applications).
@@ -60,7 +61,7 @@ def broadcast_text(*, text: str) -> str:
 
 def validate_group_name(name: str) -> str:
     """Return ``name`` if it is a valid group name, else raise InvalidGroupName saying why."""
-    if not isinstance(name, str) or not GROUP_NAME.match(name):
+    if not isinstance(name, str) or not GROUP_NAME.fullmatch(name):
         raise InvalidGroupName(f"invalid group name {name!r}: use 1 to 90 letters, digits, '-', '_' or '.'")
     return name
 

@@ -120,3 +120,16 @@ def test_redacted_hides_only_the_password():
     """URLs in messages keep their host and database but lose the password."""
     assert services.redacted("redis://user:pw@cache:6379/2") == "redis://user:***@cache:6379/2"
     assert services.redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize("name", ["red", "a.b-c_9", "x" * 90])
+def test_valid_group_names_pass(name):
+    """Letters, digits, '-', '_' and '.' up to 90 characters make a group name."""
+    assert services.validate_group_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "red\n", "no spaces", "x" * 91, "ünïcode", "a/b", "٣"])
+def test_invalid_group_names_are_refused(name):
+    """Anything else is refused with a message that names it."""
+    with pytest.raises(services.InvalidGroupName, match="invalid group name"):
+        services.validate_group_name(name)
