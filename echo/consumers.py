@@ -99,6 +99,12 @@ class EchoConsumer(LoggedConsumer):
         }
         registry.add(self.connection_id, row, self.send_online if self.uses_json else None)
         await self.accept(subprotocol)
+        if self.uses_json:
+            username = user.get_username() if row["user_id"] is not None else None
+            welcome = protocol.encode(
+                "welcome", connection=self.connection_id, user=username, groups=self.names
+            )
+            await self.send(text_data=welcome)
 
     async def disconnect(self, code: int) -> None:
         """Count the connection out and log its end."""

@@ -33,6 +33,8 @@ async def client(path: str = "/ws/", json: bool = False) -> WebsocketCommunicato
         EchoConsumer.as_asgi(), path, subprotocols=["echo.json"] if json else None
     )
     assert (await communicator.connect())[0]
+    if json:
+        assert (await communicator.receive_json_from())["type"] == "welcome"
     return communicator
 
 

@@ -6,6 +6,7 @@ import logging
 import pytest
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
 
 from echo import consumers
 from echo.consumers import EchoConsumer, RawEchoConsumer
@@ -104,6 +105,8 @@ async def connected_json(path: str = "/ws/") -> WebsocketCommunicator:
     communicator = WebsocketCommunicator(EchoConsumer.as_asgi(), path, subprotocols=["echo.json"])
     accepted, subprotocol = await communicator.connect()
     assert accepted and subprotocol == "echo.json"
+    welcome = await communicator.receive_json_from()
+    assert welcome["type"] == "welcome" and welcome["user"] is None and welcome["groups"] == ["all"]
     return communicator
 
 
@@ -205,3 +208,15 @@ async def test_server_close_event_closes_with_its_code_and_reason(registry):
     await layer.send(channel, {"type": "connection.close", "code": 4000, "reason": "disconnected by alice"})
     closed = await communicator.receive_output(timeout=3)
     assert closed == {"type": "websocket.close", "code": 4000, "reason": "disconnected by alice"}
+
+
+async def test_json_client_is_welcomed_with_its_user():
+    """The first envelope names the connection, the signed-in user and the groups."""
+    alice = await User.objects.acreate(username="alice")
+    communicator = WebsocketCommunicator(EchoConsumer.as_asgi(), "/ws/?group=red", subprotocols=["echo.json"])
+    communicator.scope["user"] = alice
+    assert (await communicator.connect())[0]
+    welcome = await communicator.receive_json_from()
+    assert welcome["user"] == "alice" and welcome["groups"] == ["all", "red"]
+    assert len(welcome["connection"]) == 8
+    await communicator.disconnect()

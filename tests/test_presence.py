@@ -36,6 +36,8 @@ async def connect(path="/ws/", json=False, user_agent="pytest-agent/1.0") -> Web
     communicator.scope["client"] = ("127.0.0.9", 4242)
     accepted, _ = await communicator.connect()
     assert accepted
+    if json:
+        assert (await communicator.receive_json_from())["type"] == "welcome"
     return communicator
 
 

@@ -36,10 +36,10 @@ def broadcast(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 async def next_text(ws, timeout: float = 5) -> str:
-    """Return the next frame that is not a presence count."""
+    """Return the next frame that is not a presence count or the welcome."""
     while True:
         frame = await asyncio.wait_for(ws.recv(), timeout)
-        if '"type": "presence"' not in frame:
+        if '"type": "presence"' not in frame and '"type": "welcome"' not in frame:
             return frame
 
 

@@ -1,38 +1,238 @@
-// A minimal client for ws/: send what is typed, show what comes back. Text only, never HTML.
+// The chat page's client for ws/ over the echo.json subprotocol.
+// Everything a message says is shown with textContent: it is never parsed as HTML.
 (function () {
   "use strict";
-  var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-  var url = scheme + window.location.host + "/ws/";
-  var status = document.getElementById("status");
-  var log = document.getElementById("log");
-  var form = document.getElementById("send-form");
-  var input = document.getElementById("message");
-  var socket = new WebSocket(url);
 
-  function show(direction, text) {
+  var PROTOCOL = "echo.json";
+  var MAX_LINES = 2000; // older lines are dropped so that the log stays fast
+  var BACKOFF_FIRST = 1000; // ms before the first reconnect
+  var BACKOFF_CAP = 30000; // ms at most between reconnects
+
+  var app = document.getElementById("app");
+  var statusEl = document.getElementById("status");
+  var onlineEl = document.getElementById("online");
+  var whoEl = document.getElementById("who");
+  var log = document.getElementById("log");
+  var sendForm = document.getElementById("send-form");
+  var input = document.getElementById("message");
+  var binaryBox = document.getElementById("binary");
+  var groupForm = document.getElementById("group-form");
+  var groupInput = document.getElementById("group");
+  var groupList = document.getElementById("group-list");
+  var connectButton = document.getElementById("connect");
+  var disconnectButton = document.getElementById("disconnect");
+
+  var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+  var url = scheme + window.location.host + app.dataset.wsPath;
+  document.getElementById("url").textContent = url;
+
+  var socket = null;
+  var wanted = true; // the person wants to be connected
+  var attempt = 0; // reconnects since the last open
+  var retryTimer = null;
+  var countdownTimer = null;
+  var groups = []; // the groups to be in, besides "all", kept across reconnects
+
+  function clock(date) {
+    return date.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit"});
+  }
+
+  function show(kind, text, detail, when) {
+    var nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 60;
     var line = document.createElement("li");
-    line.className = direction;
-    line.textContent = (direction === "sent" ? "→ " : "← ") + text;
-    log.appendChild(line);
-    line.scrollIntoView({block: "end"});
+    line.className = "line " + kind;
+    var time = document.createElement("time");
+    time.textContent = clock(when || new Date());
+    var who = document.createElement("span");
+    who.className = "who";
+    who.textContent = {sent: "You", received: "Server", broadcast: "Broadcast", system: "•", error: "!"}[kind];
+    var body = document.createElement("span");
+    body.className = "text";
+    body.textContent = text;
+    line.append(time, who, body);
+    if (detail) {
+      var small = document.createElement("small");
+      small.textContent = detail;
+      line.append(small);
+    }
+    log.append(line);
+    while (log.childElementCount > MAX_LINES) {
+      log.firstElementChild.remove();
+    }
+    if (nearBottom || kind === "sent") {
+      log.scrollTop = log.scrollHeight;
+    }
   }
 
   function setStatus(state, text) {
-    status.dataset.state = state;
-    status.textContent = text;
+    statusEl.dataset.state = state;
+    statusEl.textContent = text;
+    var live = state === "open" || state === "connecting";
+    connectButton.disabled = live;
+    disconnectButton.disabled = !live && !retryTimer;
   }
 
-  socket.addEventListener("open", function () { setStatus("open", "Connected to " + url); });
-  socket.addEventListener("message", function (event) { show("received", String(event.data)); });
-  socket.addEventListener("close", function (event) {
-    setStatus("closed", "Closed (code " + event.code + (event.reason ? ", " + event.reason : "") + ")");
-  });
+  function renderGroups() {
+    groupList.replaceChildren();
+    ["all"].concat(groups).forEach(function (name) {
+      var chip = document.createElement("li");
+      chip.textContent = name;
+      if (name !== "all") {
+        var leave = document.createElement("button");
+        leave.type = "button";
+        leave.className = "leave";
+        leave.setAttribute("aria-label", "Leave " + name);
+        leave.textContent = "×";
+        leave.addEventListener("click", function () { leaveGroup(name); });
+        chip.append(leave);
+      }
+      groupList.append(chip);
+    });
+  }
 
-  form.addEventListener("submit", function (event) {
+  function isOpen() {
+    return socket !== null && socket.readyState === WebSocket.OPEN;
+  }
+
+  function sendEnvelope(envelope) {
+    socket.send(JSON.stringify(envelope));
+  }
+
+  function connect() {
+    clearTimers();
+    wanted = true;
+    setStatus("connecting", "Connecting…");
+    socket = new WebSocket(url, [PROTOCOL]);
+    socket.binaryType = "arraybuffer";
+    socket.addEventListener("open", onOpen);
+    socket.addEventListener("message", onMessage);
+    socket.addEventListener("close", onClose);
+  }
+
+  function onOpen() {
+    attempt = 0;
+    setStatus("open", "Connected");
+    groups.forEach(function (name) { sendEnvelope({type: "join", group: name}); });
+  }
+
+  function onMessage(event) {
+    if (typeof event.data !== "string") {
+      var bytes = new Uint8Array(event.data);
+      show("received", new TextDecoder().decode(bytes), "binary, " + bytes.length + " bytes");
+      return;
+    }
+    var message;
+    try {
+      message = JSON.parse(event.data);
+    } catch (error) {
+      show("received", event.data);
+      return;
+    }
+    if (message.type === "echo") {
+      show("received", message.text);
+    } else if (message.type === "broadcast") {
+      var sent = new Date(message.sent_at);
+      show("broadcast", message.text, "from " + message.sender + " to " + message.group + " at " + clock(sent), sent);
+    } else if (message.type === "presence") {
+      onlineEl.textContent = message.online + " online";
+    } else if (message.type === "welcome") {
+      whoEl.textContent = message.user ? "Signed in as " + message.user : "Anonymous";
+    } else if (message.type === "joined") {
+      if (groups.indexOf(message.group) === -1) {
+        groups.push(message.group);
+        renderGroups();
+      }
+      show("system", "Joined " + message.group);
+    } else if (message.type === "left") {
+      show("system", "Left " + message.group);
+    } else if (message.type === "error") {
+      show("error", message.error);
+    }
+  }
+
+  function onClose(event) {
+    socket = null;
+    var why = "Closed (code " + event.code + (event.reason ? ": " + event.reason : "") + ")";
+    if (!wanted) {
+      setStatus("closed", why);
+      return;
+    }
+    // Exponential backoff with full jitter, capped, so a restarted server is not stampeded.
+    var ceiling = Math.min(BACKOFF_CAP, BACKOFF_FIRST * Math.pow(2, attempt));
+    var delay = Math.round(ceiling / 2 + Math.random() * ceiling / 2);
+    attempt += 1;
+    var due = Date.now() + delay;
+    retryTimer = setTimeout(connect, delay);
+    var tick = function () {
+      var seconds = Math.max(0, Math.ceil((due - Date.now()) / 1000));
+      setStatus("reconnecting", why + " – reconnecting in " + seconds + " s");
+    };
+    tick();
+    countdownTimer = setInterval(tick, 250);
+  }
+
+  function clearTimers() {
+    clearTimeout(retryTimer);
+    clearInterval(countdownTimer);
+    retryTimer = null;
+    countdownTimer = null;
+  }
+
+  function disconnect() {
+    wanted = false;
+    clearTimers();
+    if (socket !== null) {
+      socket.close(1000, "closed by the user");
+    } else {
+      setStatus("closed", "Disconnected");
+    }
+  }
+
+  function refuse(what) {
+    show("error", "Not sent: " + what + " – the connection is not open (" + statusEl.textContent + ")");
+  }
+
+  function leaveGroup(name) {
+    groups = groups.filter(function (group) { return group !== name; });
+    renderGroups();
+    if (isOpen()) {
+      sendEnvelope({type: "leave", group: name});
+    }
+  }
+
+  sendForm.addEventListener("submit", function (event) {
     event.preventDefault();
-    if (socket.readyState !== WebSocket.OPEN || input.value === "") { return; }
-    socket.send(input.value);
-    show("sent", input.value);
+    var text = input.value;
+    if (text === "") { return; }
+    if (!isOpen()) {
+      refuse("“" + text + "”");
+      return;
+    }
+    if (binaryBox.checked) {
+      socket.send(new TextEncoder().encode(text));
+      show("sent", text, "binary");
+    } else {
+      sendEnvelope({type: "echo", text: text});
+      show("sent", text);
+    }
     input.value = "";
   });
+
+  groupForm.addEventListener("submit", function (event) {
+    event.preventDefault();
+    var name = groupInput.value.trim();
+    if (name === "" || name === "all" || groups.indexOf(name) !== -1) { return; }
+    if (!isOpen()) {
+      refuse("join " + name);
+      return;
+    }
+    sendEnvelope({type: "join", group: name}); // the group shows once the server says "joined"
+    groupInput.value = "";
+  });
+
+  connectButton.addEventListener("click", connect);
+  disconnectButton.addEventListener("click", disconnect);
+
+  renderGroups();
+  connect();
 })();
