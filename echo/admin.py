@@ -62,17 +62,7 @@ class BroadcastAdmin(admin.ModelAdmin):
 class ConnectionAdmin(admin.ModelAdmin):
     """Live connections of every process, read-only; the one action is to disconnect them."""
 
-    list_display = [
-        "id",
-        "user",
-        "peer",
-        "groups",
-        "protocol",
-        "path",
-        "user_agent",
-        "connected_at",
-        "process",
-    ]
+    list_display = ["id", "user", "peer", "groups", "protocol", "connected_at", "process"]
     list_filter = ["process", "protocol", "path"]
     search_fields = ["id", "peer", "user__username", "groups", "user_agent"]
     actions = ["disconnect_selected"]

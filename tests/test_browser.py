@@ -1,0 +1,244 @@
+"""The chat page and the admin in a real Chromium (Debian's), driven by Playwright, against live servers.
+
+Screenshots go to artifacts/ (git-ignored) for a person to look at.
+"""
+
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ADMIN_PASSWORD
+from tests.servers import ROOT, DaphneServer
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "artifacts"
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason="Chromium is not installed (apt-get install chromium): browser tests skipped",
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.errors = errors
+    yield page
+    context.close()
+
+
+def open_chat(page, server: DaphneServer) -> None:
+    page.goto(server.http_url + "/")
+    expect_status(page, "Connected")
+
+
+def expect_status(page, text: str, timeout: float = 10_000) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("#status")).to_contain_text(text, timeout=timeout)
+
+
+def log_lines(page) -> list[str]:
+    return page.locator("#log li .text").all_inner_texts()
+
+
+def send(page, text: str) -> None:
+    page.fill("#message", text)
+    page.press("#message", "Enter")
+
+
+def wait_for_line(page, text: str, kind: str = "", timeout: float = 10_000) -> None:
+    page.locator(f"#log li{'.' + kind if kind else ''} .text", has_text=text).last.wait_for(timeout=timeout)
+
+
+def broadcast(server: DaphneServer, *args: str) -> None:
+    command = [sys.executable, "manage.py", "broadcast", *args]
+    result = subprocess.run(command, cwd=ROOT, env=server.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def test_typing_a_message_shows_it_sent_and_the_reply_received(page, daphne):
+    """Type, press Enter: the message shows as sent and the server's reply as received, with times."""
+    open_chat(page, daphne)
+    assert page.locator("#url").inner_text() == f"ws://127.0.0.1:{daphne.port}/ws/"
+    send(page, "hello there")
+    wait_for_line(page, "Server: Hello. You said: hello there", "received")
+    assert page.locator("#log li.sent .text").last.inner_text() == "hello there"
+    assert re.fullmatch(r"\d\d:\d\d:\d\d( [AP]M)?", page.locator("#log li time").first.inner_text())
+    page.click("#send")  # an empty box sends nothing
+    page.fill("#message", "by click")
+    page.click("#send")
+    wait_for_line(page, "Server: Hello. You said: by click", "received")
+    page.locator("#online").filter(has_text=re.compile(r"^\d+ online$")).wait_for()
+    screenshot(page, "chat.png")
+    assert page.errors == []
+
+
+def test_a_broadcast_from_the_command_appears_marked_as_from_the_server(page, daphne):
+    """manage.py broadcast shows up as a broadcast line with its sender and time."""
+    open_chat(page, daphne)
+    broadcast(daphne, "maintenance at noon")
+    wait_for_line(page, "maintenance at noon", "broadcast")
+    detail = page.locator("#log li.broadcast small").last.inner_text()
+    assert re.fullmatch(r"from server to all at \d\d:\d\d:\d\d( [AP]M)?", detail)
+
+
+def test_a_hostile_message_is_shown_as_text_and_runs_nothing(page, daphne):
+    """<img onerror> in a message or a broadcast shows those characters; no element, no script."""
+    hostile = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+    response = page.goto(daphne.http_url + "/")
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    expect_status(page, "Connected")
+    send(page, hostile)
+    wait_for_line(page, "Server: Hello. You said: " + hostile, "received")
+    broadcast(daphne, hostile)
+    wait_for_line(page, hostile, "broadcast")
+    page.wait_for_timeout(300)
+    assert page.locator("#log img, #log script").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    assert hostile in log_lines(page)
+
+
+def test_group_join_receives_group_broadcasts_and_survives_a_restart(page, fresh_daphne):
+    """Kill the Daphne the page talks to: the page says so, reconnects by itself, rejoins its group."""
+    open_chat(page, fresh_daphne)
+    page.fill("#group", "team-red")
+    page.press("#group", "Enter")
+    page.locator("#group-list li", has_text="team-red").wait_for()
+    broadcast(fresh_daphne, "red one", "--group", "team-red")
+    wait_for_line(page, "red one", "broadcast")
+
+    fresh_daphne.kill()
+    expect_status(page, "reconnecting in")
+    status = page.locator("#status").inner_text()
+    assert re.search(r"Closed \(code 1006\) – reconnecting in \d+ s", status), status
+    send(page, "while down")
+    wait_for_line(page, "Not sent: “while down” – the connection is not open", "error")
+
+    fresh_daphne.start()  # the same port
+    expect_status(page, "Connected", timeout=40_000)
+    send(page, "back again")
+    wait_for_line(page, "Server: Hello. You said: back again", "received")
+    assert "Server: Hello. You said: while down" not in log_lines(page), "nothing was queued"
+    broadcast(fresh_daphne, "red two", "--group", "team-red")
+    wait_for_line(page, "red two", "broadcast")
+    screenshot(page, "chat-after-reconnect.png")
+
+
+def test_disconnect_and_connect_buttons(page, daphne):
+    """Disconnect closes with the code and reason shown and no reconnect; Connect brings it back."""
+    open_chat(page, daphne)
+    page.click("#disconnect")
+    expect_status(page, "Closed (code 1000: closed by the user)")
+    page.wait_for_timeout(1500)
+    assert "reconnecting" not in page.locator("#status").inner_text()
+    page.click("#connect")
+    expect_status(page, "Connected")
+    send(page, "after connect")
+    wait_for_line(page, "Server: Hello. You said: after connect", "received")
+
+
+def test_binary_send_comes_back_as_binary(page, daphne):
+    """With "binary" ticked, the message goes as bytes and the echo says it came back as bytes."""
+    open_chat(page, daphne)
+    page.check("#binary")
+    send(page, "bytes ✓")
+    wait_for_line(page, "bytes ✓", "received")
+    assert page.locator("#log li.received small").last.inner_text() == "binary, 9 bytes"
+
+
+def test_the_log_stays_bounded_and_scrolled_to_the_newest_line(page, daphne):
+    """Thousands of lines: the log keeps the newest 2,000 and stays scrolled to the bottom."""
+    open_chat(page, daphne)
+    page.evaluate(
+        """() => {
+            const form = document.getElementById("send-form"), box = document.getElementById("message");
+            for (let i = 0; i < 1200; i++) { box.value = "n" + i; form.requestSubmit(); }
+        }"""
+    )
+    wait_for_line(page, "Server: Hello. You said: n1199", "received", timeout=30_000)
+    assert page.locator("#log li").count() == 2000
+    at_bottom = page.evaluate(
+        "(() => { const l = document.getElementById('log');"
+        " return l.scrollHeight - l.scrollTop - l.clientHeight < 5; })()"
+    )
+    assert at_bottom
+
+
+def test_the_page_fits_a_phone(browser, daphne):
+    """At 375 px wide nothing scrolls sideways and the composer is visible."""
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True)
+    page = context.new_page()
+    open_chat(page, daphne)
+    send(page, "from a phone")
+    wait_for_line(page, "Server: Hello. You said: from a phone", "received")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    assert page.locator("#send").is_visible()
+    screenshot(page, "chat-phone.png")
+    context.close()
+
+
+@pytest.fixture
+def signed_in_page(browser, daphne) -> Iterator:
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    page = context.new_page()
+    page.goto(daphne.http_url + "/admin/login/?next=/admin/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", ADMIN_PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url("**/admin/")
+    yield page
+    context.close()
+
+
+def test_the_admin_renders_styled(signed_in_page):
+    """/admin/ under Daphne with DJANGO_DEBUG=0 has its stylesheet applied."""
+    page = signed_in_page
+    header = page.locator("#header")
+    background = header.evaluate("element => getComputedStyle(element).backgroundColor")
+    assert background not in ("rgba(0, 0, 0, 0)", "transparent"), background
+    assert page.locator("a", has_text="Broadcasts").count() >= 1
+    screenshot(page, "admin.png")
+
+
+def test_a_signed_in_user_is_shown_by_name(signed_in_page, daphne):
+    """The page names a signed-in user, and the WebSocket knows them too (the welcome envelope)."""
+    page = signed_in_page
+    page.goto(daphne.http_url + "/")
+    expect_status(page, "Connected")
+    assert page.locator("#who").inner_text() == "Signed in as admin"
+    admin_tab = page.context.new_page()
+    for _ in range(40):  # presence rows are written every PRESENCE_INTERVAL (0.5 s here)
+        admin_tab.goto(daphne.http_url + "/admin/echo/connection/")
+        if admin_tab.locator("#result_list td.field-user", has_text="admin").count():
+            break
+        admin_tab.wait_for_timeout(250)
+    assert admin_tab.locator("#result_list td.field-user", has_text="admin").count() == 1
+    screenshot(admin_tab, "admin-connections.png")
