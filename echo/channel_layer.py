@@ -1,11 +1,35 @@
-"""The Redis channel layer, with a connection pool that waits instead of failing under a burst."""
+"""The Redis channel layers the settings choose from, made to ride out a burst and an outage.
 
+- ``RedisPubSubChannelLayer`` (the default): channels_redis's pub/sub layer, except that while
+  Redis is unreachable a new connection is still accepted (its subscriptions wait and are made
+  when Redis returns), the receive loop says so once per outage instead of logging a
+  traceback every second, and it says when Redis is back.
+- ``RedisChannelLayer``: channels_redis's core layer with a pool that waits for a free
+  connection instead of failing past ``max_connections``.
+"""
+
+import asyncio
+import logging
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+from channels_redis import pubsub
 from channels_redis.core import RedisChannelLayer as StockRedisChannelLayer
+from channels_redis.utils import _wrap_close, decode_hosts
 from redis.asyncio import BlockingConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+logger = logging.getLogger(__name__)
+
+# What an unreachable Redis raises through redis-py.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+# Seconds between attempts to reach Redis again during an outage.
+RETRY_INTERVAL = 0.5
 
 
 class RedisChannelLayer(StockRedisChannelLayer):
-    """A channels_redis layer whose pools queue for a free connection past ``max_connections``.
+    """A channels_redis core layer whose pools queue for a free connection past ``max_connections``.
 
     redis-py 8's ``ConnectionPool`` raises ``MaxConnectionsError`` as soon as every
     connection is busy, so a burst of a few hundred handshakes (each one a ``group_add``)
@@ -17,3 +41,128 @@ class RedisChannelLayer(StockRedisChannelLayer):
         host = dict(self.hosts[index])
         address = host.pop("address")
         return BlockingConnectionPool.from_url(address, **host)
+
+
+class Outage:
+    """Whether this process can reach one Redis host, logged once when that changes."""
+
+    def __init__(self, host: dict) -> None:
+        self.where = redacted_address(host)
+        self.since: float | None = None
+
+    def down(self, error: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            logger.warning(
+                "Redis at %s is unreachable (%s): echo and new connections go on, "
+                "broadcasts wait until it is back",
+                self.where,
+                error,
+            )
+
+    def up(self) -> None:
+        if self.since is not None:
+            logger.warning(
+                "Redis at %s is reachable again after %.1f s; subscriptions restored",
+                self.where,
+                time.monotonic() - self.since,
+            )
+            self.since = None
+
+
+class ResilientShard(pubsub.RedisSingleShardConnection):
+    """One Redis host's pub/sub connection, whose subscriptions survive an outage."""
+
+    def __init__(self, host: dict, channel_layer: pubsub.RedisPubSubLoopLayer) -> None:
+        super().__init__(host, channel_layer)
+        self.outage = Outage(host)
+        self.pending_subscribe: set[str] = set()
+        self.pending_unsubscribe: set[str] = set()
+
+    async def subscribe(self, channel: str) -> None:
+        try:
+            await super().subscribe(channel)
+        except REDIS_DOWN as error:
+            self.outage.down(error)
+            self.pending_unsubscribe.discard(channel)
+            self.pending_subscribe.add(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        if channel in self.pending_subscribe:
+            self.pending_subscribe.discard(channel)
+            return
+        try:
+            await super().unsubscribe(channel)
+        except REDIS_DOWN as error:
+            self.outage.down(error)
+            self.pending_unsubscribe.add(channel)
+
+    async def catch_up(self) -> None:
+        """Make the subscription changes that an outage held back."""
+        async with self._lock:
+            if self.pending_subscribe:
+                channels = sorted(self.pending_subscribe)
+                await self._pubsub.subscribe(*channels)
+                self._subscribed_to.update(channels)
+                self.pending_subscribe.difference_update(channels)
+            if self.pending_unsubscribe:
+                channels = sorted(self.pending_unsubscribe)
+                await self._pubsub.unsubscribe(*channels)
+                self._subscribed_to.difference_update(channels)
+                self.pending_unsubscribe.difference_update(channels)
+
+    async def _do_receiving(self) -> None:
+        while True:
+            try:
+                if self.pending_subscribe or self.pending_unsubscribe:
+                    await self.catch_up()
+                if self._pubsub and self._pubsub.subscribed:
+                    message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                    self._receive_message(message)
+                else:
+                    await asyncio.sleep(0.1)
+                self.outage.up()
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except REDIS_DOWN as error:
+                self.outage.down(error)
+                await asyncio.sleep(RETRY_INTERVAL)
+            except Exception:
+                logger.exception("unexpected error in the channel layer's receive loop")
+                await asyncio.sleep(RETRY_INTERVAL)
+
+
+class ResilientLoopLayer(pubsub.RedisPubSubLoopLayer):
+    """channels_redis's per-event-loop pub/sub layer, on resilient shards."""
+
+    def __init__(self, hosts=None, *args, **kwargs) -> None:
+        super().__init__(hosts, *args, **kwargs)
+        self._shards = [ResilientShard(host, self) for host in decode_hosts(hosts)]
+
+
+class RedisPubSubChannelLayer(pubsub.RedisPubSubChannelLayer):
+    """channels_redis's pub/sub layer that keeps accepting connections while Redis is away."""
+
+    def _get_layer(self) -> ResilientLoopLayer:
+        loop = asyncio.get_running_loop()
+        try:
+            return self._layers[loop]
+        except KeyError:
+            layer = ResilientLoopLayer(*self._args, **self._kwargs, channel_layer=self)
+            self._layers[loop] = layer
+            _wrap_close(self, loop)
+            return layer
+
+
+def redacted_address(host: dict) -> str:
+    """Return a host's address for a log line, without its password."""
+    return redacted(str(host.get("address", host)))
+
+
+def redacted(url: str) -> str:
+    """Return ``url`` without its password, fit for a log line or an error message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -13,6 +13,9 @@ class Broadcast(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     sent_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    pushed = models.BooleanField(
+        default=False, help_text="Whether Redis took it; one that was not is never replayed to clients."
+    )
 
     class Meta:
         ordering = ["-sent_at", "-id"]

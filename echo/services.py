@@ -6,7 +6,6 @@ import re
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from urllib.parse import urlsplit, urlunsplit
 
 from asgiref.sync import async_to_sync
 from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
@@ -15,6 +14,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from echo.channel_layer import REDIS_DOWN, redacted
 from echo.models import Broadcast, Connection
 
 logger = logging.getLogger(__name__)
@@ -90,11 +90,15 @@ def broadcast_send(*, text: str, group: str = ALL_GROUP, sender: AbstractBaseUse
     try:
         async_to_sync(_publish)(layer_group(group), broadcast_event(broadcast))
     except Exception as error:
+        where = redacted(settings.REDIS_URL)
+        problem = "is unreachable" if isinstance(error, (*REDIS_DOWN, TimeoutError)) else "failed"
         raise BroadcastNotSent(
-            f"broadcast #{broadcast.pk} is recorded but not sent: Redis at "
-            f"{redacted(settings.REDIS_URL)} failed ({describe_error(error)})",
+            f"Redis at {where} {problem} ({describe_error(error)}): "
+            f"broadcast #{broadcast.pk} is recorded but not sent",
             broadcast=broadcast,
         ) from error
+    Broadcast.objects.filter(pk=broadcast.pk).update(pushed=True)
+    broadcast.pushed = True
     logger.info("broadcast=%s group=%s sender=%s sent", broadcast.pk, group, broadcast.sender_name)
     return broadcast
 
@@ -119,15 +123,6 @@ def live_connections(*, group: str = ALL_GROUP) -> QuerySet[Connection]:
         | Q(groups__endswith=f",{group}")
         | Q(groups__contains=f",{group},")
     )
-
-
-def redacted(url: str) -> str:
-    """Return ``url`` without its password, fit for a log line or an error message."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def describe_error(error: BaseException) -> str:

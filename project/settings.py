@@ -142,7 +142,7 @@ REDIS_POOL_OPTIONS = {
 CHANNEL_LAYER = os.environ.get("CHANNEL_LAYER", "pubsub")
 if CHANNEL_LAYER == "pubsub":
     # One subscriber connection per process and publishes in turn: no pool to exhaust.
-    CHANNEL_LAYER_BACKEND = "channels_redis.pubsub.RedisPubSubChannelLayer"
+    CHANNEL_LAYER_BACKEND = "echo.channel_layer.RedisPubSubChannelLayer"
     CHANNEL_LAYER_HOST = {"address": REDIS_URL, **REDIS_CONNECTION_OPTIONS}
 elif CHANNEL_LAYER == "core":
     CHANNEL_LAYER_BACKEND = "echo.channel_layer.RedisChannelLayer"

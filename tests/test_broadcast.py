@@ -1,5 +1,6 @@
 """The broadcast service and the broadcast command, over a real Redis."""
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
 from echo import consumers, services
+from echo.channel_layer import redacted
 from echo.consumers import EchoConsumer
 from echo.models import Broadcast
 from echo.presence import PresenceRegistry
@@ -44,7 +46,12 @@ async def test_command_reaches_connected_clients_and_records_the_broadcast():
     out = StringIO()
     await database_sync_to_async(call_command)("broadcast", "deploy at 5 ✓", stdout=out)
     broadcast = await Broadcast.objects.aget()
-    assert (broadcast.text, broadcast.group, broadcast.sender_id) == ("deploy at 5 ✓", "all", None)
+    assert (broadcast.text, broadcast.group, broadcast.sender_id, broadcast.pushed) == (
+        "deploy at 5 ✓",
+        "all",
+        None,
+        True,
+    )
     assert await plain.receive_from(timeout=3) == "Server broadcast: deploy at 5 ✓"
     assert await json.receive_json_from(timeout=3) == {
         "type": "broadcast",
@@ -111,17 +118,18 @@ def test_command_with_redis_down_exits_non_zero_with_one_line(tmp_path):
     assert elapsed < 10
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(
-        "CommandError: broadcast #1 is recorded but not sent: Redis at redis://:***@127.0.0.1:"
-    )
+    assert lines[0].startswith("CommandError: Redis at redis://:***@127.0.0.1:")
+    assert "is unreachable (" in lines[0] and lines[0].endswith("): broadcast #1 is recorded but not sent")
     assert "s3cret" not in result.stderr + result.stdout
+    with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+        assert db.execute("SELECT text, pushed FROM echo_broadcast").fetchall() == [("hello", 0)]
     assert "Traceback" not in result.stderr
 
 
 def test_redacted_hides_only_the_password():
     """URLs in messages keep their host and database but lose the password."""
-    assert services.redacted("redis://user:pw@cache:6379/2") == "redis://user:***@cache:6379/2"
-    assert services.redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert redacted("redis://user:pw@cache:6379/2") == "redis://user:***@cache:6379/2"
+    assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
 
 
 @pytest.mark.parametrize("name", ["red", "a.b-c_9", "x" * 90])
