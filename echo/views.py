@@ -1,7 +1,10 @@
 """HTTP views: the page at / and the answer to a plain GET on a WebSocket route."""
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+
+from echo.health import health
 
 UPGRADE_REQUIRED = "This is a WebSocket endpoint: a WebSocket upgrade is required.\n"
 
@@ -25,3 +28,13 @@ def upgrade_required(request: HttpRequest) -> HttpResponse:
     response = HttpResponse(UPGRADE_REQUIRED, status=400, content_type="text/plain; charset=utf-8")
     response["Upgrade"] = "websocket"
     return response
+
+
+@never_cache
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Say whether the database and Redis answer: 200 when both do, 503 naming what is down."""
+    checks = health()
+    healthy = all(state == "ok" for state in checks.values())
+    return JsonResponse(
+        {"status": "ok" if healthy else "degraded", "checks": checks}, status=200 if healthy else 503
+    )

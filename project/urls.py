@@ -7,5 +7,6 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("ws/", views.upgrade_required, name="ws"),
     path("ws/raw/", views.upgrade_required, name="ws-raw"),
+    path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
 ]
