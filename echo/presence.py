@@ -117,6 +117,15 @@ class PresenceRegistry:
             logger.info("presence: removed the rows of processes silent since %s", stale.isoformat())
         return Connection.objects.filter(process__last_seen__gte=stale).count()
 
+    async def shutdown(self) -> None:
+        """Remove this process and its connections from the database: it is going away."""
+        await self.stop()
+        await database_sync_to_async(self.retire)()
+        logger.info("presence: process %s retired", self.process_id)
+
+    def retire(self) -> None:
+        ServerProcess.objects.filter(id=self.process_id).delete()
+
     async def stop(self) -> None:
         """Cancel the reporting task (tests, shutdown)."""
         if self.task is not None and not self.task.done():

@@ -12,10 +12,11 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from echo.origin import AllowedHostsOriginValidator  # noqa: E402
+from echo.presence import registry  # noqa: E402
 from echo.routing import websocket_urlpatterns  # noqa: E402
 from project import daphne_fixes  # noqa: E402
 
-daphne_fixes.apply()
+daphne_fixes.apply(on_shutdown=[registry.shutdown])
 
 application = ProtocolTypeRouter(
     {

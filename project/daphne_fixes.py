@@ -12,20 +12,30 @@ written for (tests/test_daphne_fixes.py fails if Daphne changes underneath):
   answers 1000 unless told otherwise);
 - ``settings.WEBSOCKET_MAX_MESSAGE_SIZE`` is the size limit, and a message over it, invalid
   UTF-8 or a protocol violation get a close frame (1009, 1007, 1002) before the TCP
-  connection ends, instead of a bare disconnect.
+  connection ends, instead of a bare disconnect;
+- on SIGTERM (or Ctrl-C) every open WebSocket gets a close frame 1001, each application
+  sees its disconnect (up to ``SHUTDOWN_GRACE`` seconds), and the shutdown hooks run, where
+  Daphne would cancel the applications and drop the TCP connections (clients saw 1006).
 """
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import daphne
 from autobahn.util import encode_truncate
 from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
+from daphne.server import Server
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 from django.conf import settings
+from twisted.internet import defer
 
 logger = logging.getLogger(__name__)
 
 WRITTEN_FOR = "4.2.3"
+# Seconds that clients and applications get to finish their closing handshake on shutdown.
+SHUTDOWN_GRACE = 5.0
+GOING_AWAY = 1001
 
 _applied = False
 
@@ -77,8 +87,41 @@ def protocol_options() -> dict:
     }
 
 
-def apply() -> None:
-    """Install the corrections into Daphne, once, if it is the version they were written for."""
+def graceful_shutdown(
+    original: Callable[[Server], defer.Deferred], hooks: list[Callable[[], Awaitable[None]]]
+) -> Callable[[Server], defer.Deferred]:
+    """Wrap Daphne's ``kill_all_applications`` (its before-shutdown step) to close sockets first."""
+
+    def kill_all_applications(server: Server) -> defer.Deferred:
+        closing = []
+        for protocol, details in list(server.connections.items()):
+            if isinstance(protocol, WebSocketProtocol) and protocol.state == protocol.STATE_OPEN:
+                close_with(protocol, GOING_AWAY, "server shutting down")
+                if "application_instance" in details:
+                    closing.append(details["application_instance"])
+        logger.info("shutting down: closing %d WebSocket connection(s) with 1001", len(closing))
+
+        async def finish() -> None:
+            if closing:
+                await asyncio.wait(closing, timeout=SHUTDOWN_GRACE)
+            for hook in hooks:
+                try:
+                    await hook()
+                except Exception:
+                    logger.exception("shutdown hook %r failed", hook)
+
+        done = defer.Deferred.fromFuture(asyncio.ensure_future(finish()))
+        done.addBoth(lambda _: original(server))
+        return done
+
+    return kill_all_applications
+
+
+def apply(*, on_shutdown: list[Callable[[], Awaitable[None]]] = ()) -> None:
+    """Install the corrections into Daphne, once, if it is the version they were written for.
+
+    ``on_shutdown`` coroutines run once the WebSockets are closed, before the process exits.
+    """
     global _applied
     if _applied:
         return
@@ -98,4 +141,5 @@ def apply() -> None:
         original_set_options(factory, **{**options, **protocol_options()})
 
     WebSocketFactory.setProtocolOptions = set_protocol_options
+    Server.kill_all_applications = graceful_shutdown(Server.kill_all_applications, list(on_shutdown))
     _applied = True
