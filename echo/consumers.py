@@ -5,6 +5,7 @@ import uuid
 from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from django.utils import timezone
 
 from echo import protocol, services
@@ -27,6 +28,8 @@ class LoggedConsumer(AsyncWebsocketConsumer):
         self.connection_id = uuid.uuid4().hex[:8]
         client = self.scope.get("client") or ("-", "-")
         self.peer = f"{client[0]}:{client[1]}"
+        self.rate_limit = services.RateLimit(rate=settings.WEBSOCKET_RATE, burst=settings.WEBSOCKET_BURST)
+        self.closing = False
         await super().websocket_connect(message)
 
     async def accept(self, subprotocol: str | None = None, headers=None) -> None:
@@ -45,6 +48,13 @@ class LoggedConsumer(AsyncWebsocketConsumer):
             messages_logger.info(
                 "conn=%s peer=%s received %s", self.connection_id, self.peer, describe(message)
             )
+        if self.closing:
+            return  # frames that were on their way when we closed
+        if not self.rate_limit.allow():
+            await self.close(
+                POLICY_VIOLATION, f"too many messages: at most {settings.WEBSOCKET_RATE:g} a second"
+            )
+            return
         await super().websocket_receive(message)
 
     async def send(self, text_data: str | None = None, bytes_data: bytes | None = None, close=False):

@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -47,6 +48,28 @@ class BroadcastNotSent(RuntimeError):
     def __init__(self, message: str, *, broadcast: Broadcast) -> None:
         super().__init__(message)
         self.broadcast = broadcast
+
+
+class RateLimit:
+    """A token bucket: ``rate`` messages a second on average, bursts of up to ``burst``."""
+
+    def __init__(self, *, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.updated = time.monotonic()
+
+    def allow(self) -> bool:
+        """Take one token if there is one; a rate of 0 allows everything."""
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 def echo_reply(*, text: str) -> str:

@@ -162,6 +162,10 @@ CHANNEL_LAYERS = {
 
 # Largest message (and frame) the server accepts, in bytes; a larger one is closed with 1009.
 WEBSOCKET_MAX_MESSAGE_SIZE = env_int("WEBSOCKET_MAX_MESSAGE_SIZE", 1024 * 1024)
+# Messages a connection may send a second on average, and in a burst; past that it is
+# closed with 1008. A person typing never comes near; a script flooding does. 0: no limit.
+WEBSOCKET_RATE = float(os.environ.get("WEBSOCKET_RATE", "20"))
+WEBSOCKET_BURST = env_int("WEBSOCKET_BURST", 60)
 
 # --- Logging -------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -93,8 +93,21 @@ def layer_daphne(request, daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
 
 
 @pytest.fixture
-def fresh_daphne(daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
+def start_daphne(daphne_env: dict[str, str]) -> Iterator[Callable[..., DaphneServer]]:
+    """Start Daphne processes of this test's own, with settings of its own; stop them after it."""
+    started: list[DaphneServer] = []
+
+    def start(**settings: str) -> DaphneServer:
+        server = DaphneServer(env={**daphne_env, **settings}).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def fresh_daphne(start_daphne) -> DaphneServer:
     """A Daphne of this test's own, for behaviour that other tests' traffic could hide."""
-    server = DaphneServer(env=daphne_env).start()
-    yield server
-    server.stop()
+    return start_daphne()

@@ -1,0 +1,98 @@
+"""Bad input from a client gets a close frame with the right code and reason, never a bare reset."""
+
+import asyncio
+import os
+import socket
+import struct
+
+import pytest
+import websockets
+
+HANDSHAKE = (
+    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: L4kHN+1Bx7zKbxsDbqgzHw==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def frame(opcode: int, payload: bytes, *, masked: bool = True, rsv: int = 0) -> bytes:
+    """Encode one final frame as a client would (masked), or not."""
+    head = bytes([0x80 | rsv << 4 | opcode])
+    mask_bit = 0x80 if masked else 0
+    if len(payload) < 126:
+        head += bytes([mask_bit | len(payload)])
+    else:
+        head += bytes([mask_bit | 126]) + struct.pack("!H", len(payload))
+    if not masked:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
+
+
+def close_frame_after(daphne, data: bytes, path: str = "/ws/raw/") -> tuple[int, str]:
+    """Open a raw WebSocket, send ``data``, and return the code and reason of the server's close frame."""
+    with socket.create_connection(("127.0.0.1", daphne.port), timeout=5) as sock:
+        sock.sendall(HANDSHAKE.format(path=path).encode())
+        buffer = b""
+        while b"\r\n\r\n" not in buffer:
+            buffer += sock.recv(4096)
+        assert buffer.startswith(b"HTTP/1.1 101")
+        buffer = buffer.split(b"\r\n\r\n", 1)[1]
+        sock.sendall(data)
+        while True:
+            while len(buffer) < 2:
+                chunk = sock.recv(4096)
+                assert chunk, "the server cut the connection without a close frame"
+                buffer += chunk
+            opcode, length = buffer[0] & 0x0F, buffer[1] & 0x7F
+            start = 2
+            if length == 126:
+                length, start = struct.unpack("!H", buffer[2:4])[0], 4
+            while len(buffer) < start + length:
+                chunk = sock.recv(4096)
+                assert chunk, "the server cut the connection without a close frame"
+                buffer += chunk
+            payload, buffer = buffer[start : start + length], buffer[start + length :]
+            if opcode == 0x8:
+                return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
+
+
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (frame(0x1, b"caf\xc3"), 1007),  # text that is not UTF-8
+        (frame(0x1, b"plain", masked=False), 1002),  # a client frame must be masked
+        (frame(0x1, b"x", rsv=0b100), 1002),  # RSV1 set with no extension agreed
+        (frame(0x3, b"x"), 1002),  # a reserved opcode
+        (frame(0x9, b"p" * 126), 1002),  # a control frame longer than 125 bytes
+    ],
+    ids=["invalid-utf8", "unmasked", "rsv-bit", "reserved-opcode", "long-ping"],
+)
+def test_protocol_abuse_gets_a_close_frame_with_the_right_code(daphne, data, code):
+    """Invalid UTF-8 → 1007; protocol violations → 1002; each as a close frame, not a cut."""
+    received_code, reason = close_frame_after(daphne, data)
+    assert received_code == code
+    assert reason, "the close frame says why"
+
+
+async def test_flooding_client_is_closed_with_1008_and_a_reason(daphne):
+    """Past the message rate (20/s, bursts of 60 by default) a client is closed with 1008."""
+    async with websockets.connect(daphne.ws_url + "/ws/") as ws:
+        for n in range(200):
+            await ws.send(f"flood {n}")
+        replies = 0
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+                replies += 1
+    assert ws.protocol.close_rcvd.code == 1008
+    assert ws.protocol.close_rcvd.reason == "too many messages: at most 20 a second"
+    assert 55 <= replies <= 70, replies
+
+
+async def test_a_person_typing_is_never_limited(daphne):
+    """Ten messages a second for three seconds stays well inside the limit."""
+    async with websockets.connect(daphne.ws_url + "/ws/") as ws:
+        for n in range(30):
+            await ws.send(f"typed {n}")
+            assert await ws.recv() == f"Server: Hello. You said: typed {n}"
+            await asyncio.sleep(0.1)
