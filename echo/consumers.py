@@ -4,6 +4,7 @@ import logging
 import uuid
 from urllib.parse import parse_qs
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone
@@ -85,10 +86,12 @@ class EchoConsumer(LoggedConsumer):
         self.uses_json = protocol.JSON_SUBPROTOCOL in self.scope.get("subprotocols", ())
         subprotocol = protocol.JSON_SUBPROTOCOL if self.uses_json else None
         self.names: list[str] = []
+        self.replayed: set[int] = set()
         query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
         try:
             names = [services.validate_group_name(name) for name in query.get("group", [])]
-        except services.InvalidGroupName as error:
+            after = parse_after(query.get("after"))
+        except (services.InvalidGroupName, ValueError) as error:
             # A close code and reason can only be sent on an accepted connection.
             await self.accept(subprotocol)
             await self.close(POLICY_VIOLATION, str(error))
@@ -115,6 +118,20 @@ class EchoConsumer(LoggedConsumer):
                 "welcome", connection=self.connection_id, user=username, groups=self.names
             )
             await self.send(text_data=welcome)
+        if after is not None:
+            await self.replay(after)
+
+    async def replay(self, after: int) -> None:
+        """Send the broadcasts this client missed since ``after``, before any live one."""
+        missed, truncated = await database_sync_to_async(services.missed_broadcasts)(
+            after=after, groups=self.names
+        )
+        for broadcast in missed:
+            self.replayed.add(broadcast.pk)
+            await self.broadcast_message(services.broadcast_event(broadcast), replay=True)
+        if self.uses_json:
+            resumed = protocol.encode("resumed", after=after, replayed=len(missed), truncated=truncated)
+            await self.send(text_data=resumed)
 
     async def disconnect(self, code: int) -> None:
         """Count the connection out and log its end."""
@@ -171,8 +188,10 @@ class EchoConsumer(LoggedConsumer):
         self.names.remove(name)
         registry.update(self.connection_id, groups=",".join(self.names))
 
-    async def broadcast_message(self, event: dict) -> None:
-        """Relay a broadcast from the channel layer to the client."""
+    async def broadcast_message(self, event: dict, replay: bool = False) -> None:
+        """Relay a broadcast from the channel layer to the client, unless the replay already did."""
+        if not replay and event.get("id") in self.replayed:
+            return
         if self.uses_json:
             await self.send(text_data=protocol.broadcast_envelope(event))
         else:
@@ -208,6 +227,15 @@ class NoRouteConsumer(AsyncWebsocketConsumer):
             self.scope["path"],
         )
         await self.close()
+
+
+def parse_after(values: list[str] | None) -> int | None:
+    """Read the ``after`` query parameter: the id of the last broadcast the client has."""
+    if not values:
+        return None
+    if not values[-1].isdigit():
+        raise ValueError(f"invalid after {values[-1]!r}: expected the id of a broadcast")
+    return int(values[-1])
 
 
 def header(scope: dict, name: bytes) -> str:

@@ -13,8 +13,10 @@ class Broadcast(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     sent_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # True from the start, so that a client resuming at the moment of sending gets it too;
+    # False once Redis refused it: the sender was told, and it is never replayed.
     pushed = models.BooleanField(
-        default=False, help_text="Whether Redis took it; one that was not is never replayed to clients."
+        default=True, help_text="False if Redis refused it; it is then never replayed."
     )
 
     class Meta:

@@ -10,6 +10,7 @@ Server to client:
     {"type": "presence", "online": 12}
     {"type": "joined" | "left", "group": "name", "groups": ["all", "name"]}
     {"type": "error", "error": "what was wrong with the last message"}
+    {"type": "resumed", "after": 41, "replayed": 3, "truncated": false}  (after ?after=41 on connect)
 Binary frames are echoed as binary, as on plain connections.
 """
 

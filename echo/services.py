@@ -113,6 +113,7 @@ def broadcast_send(*, text: str, group: str = ALL_GROUP, sender: AbstractBaseUse
     try:
         async_to_sync(_publish)(layer_group(group), broadcast_event(broadcast))
     except Exception as error:
+        Broadcast.objects.filter(pk=broadcast.pk).update(pushed=False)
         where = redacted(settings.REDIS_URL)
         problem = "is unreachable" if isinstance(error, (*REDIS_DOWN, TimeoutError)) else "failed"
         raise BroadcastNotSent(
@@ -120,10 +121,21 @@ def broadcast_send(*, text: str, group: str = ALL_GROUP, sender: AbstractBaseUse
             f"broadcast #{broadcast.pk} is recorded but not sent",
             broadcast=broadcast,
         ) from error
-    Broadcast.objects.filter(pk=broadcast.pk).update(pushed=True)
-    broadcast.pushed = True
     logger.info("broadcast=%s group=%s sender=%s sent", broadcast.pk, group, broadcast.sender_name)
     return broadcast
+
+
+def missed_broadcasts(*, after: int, groups: list[str]) -> tuple[list[Broadcast], bool]:
+    """Return the broadcasts to ``groups`` after id ``after``, oldest first, within the replay window.
+
+    The window is the last ``REPLAY_MAX_AGE`` seconds and at most ``REPLAY_MAX_COUNT``
+    broadcasts (the newest); the flag says whether older ones inside the age were left out.
+    """
+    since = timezone.now() - timedelta(seconds=settings.REPLAY_MAX_AGE)
+    newest = Broadcast.objects.filter(id__gt=after, group__in=groups, pushed=True, sent_at__gte=since)
+    rows = list(newest.select_related("sender").order_by("-id")[: settings.REPLAY_MAX_COUNT + 1])
+    truncated = len(rows) > settings.REPLAY_MAX_COUNT
+    return rows[: settings.REPLAY_MAX_COUNT][::-1], truncated
 
 
 def disconnect(*, connections: Iterable[Connection], reason: str) -> int:

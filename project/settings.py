@@ -194,6 +194,11 @@ LOGGING = {
 
 # --- Broadcasts and presence ---------------------------------------------------------
 
+# A client that reconnects with ?after=ID gets the broadcasts it missed: those of the last
+# REPLAY_MAX_AGE seconds, at most REPLAY_MAX_COUNT of them (the newest).
+REPLAY_MAX_AGE = env_int("REPLAY_MAX_AGE", 600)
+REPLAY_MAX_COUNT = env_int("REPLAY_MAX_COUNT", 200)
+
 # How long a broadcast may take to reach Redis before the sender is told it failed.
 CHANNEL_LAYER_SEND_TIMEOUT = env_int("CHANNEL_LAYER_SEND_TIMEOUT", 5)
 # Each process writes its connections to the database and proves it is alive this often;

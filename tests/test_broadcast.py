@@ -4,6 +4,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from io import StringIO
 
 import pytest
@@ -11,6 +12,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from echo import consumers, services
 from echo.channel_layer import redacted
@@ -143,3 +145,70 @@ def test_invalid_group_names_are_refused(name):
     """Anything else is refused with a message that names it."""
     with pytest.raises(services.InvalidGroupName, match="invalid group name"):
         services.validate_group_name(name)
+
+
+@database_sync_to_async
+def send_many(*texts: str, group: str = "all") -> list[int]:
+    return [services.broadcast_send(text=text, group=group).pk for text in texts]
+
+
+async def test_reconnecting_client_gets_what_it_missed_in_order_then_live_ones():
+    """?after=ID on connect replays the missed broadcasts of its groups, oldest first, then a summary."""
+    first, second, third = await send_many("one", "two", "three")
+    await send_many("elsewhere", group="blue")
+    communicator = WebsocketCommunicator(
+        EchoConsumer.as_asgi(), f"/ws/?after={first}&group=red", subprotocols=["echo.json"]
+    )
+    assert (await communicator.connect())[0]
+    assert (await communicator.receive_json_from())["type"] == "welcome"
+    replayed = [await communicator.receive_json_from() for _ in range(2)]
+    assert [(m["type"], m["id"], m["text"]) for m in replayed] == [
+        ("broadcast", second, "two"),
+        ("broadcast", third, "three"),
+    ]
+    assert await communicator.receive_json_from() == {
+        "type": "resumed",
+        "after": first,
+        "replayed": 2,
+        "truncated": False,
+    }
+    (live,) = await send_many("four")
+    assert (await communicator.receive_json_from(timeout=3))["id"] == live
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()
+
+
+async def test_replay_is_bounded_by_count_and_age(settings):
+    """At most REPLAY_MAX_COUNT (the newest) and nothing older than REPLAY_MAX_AGE."""
+    settings.REPLAY_MAX_COUNT = 2
+    ids = await send_many("a", "b", "c", "d")
+    await Broadcast.objects.filter(pk=ids[0]).aupdate(sent_at=timezone.now() - timedelta(hours=2))
+    missed, truncated = await database_sync_to_async(services.missed_broadcasts)(after=0, groups=["all"])
+    assert [b.text for b in missed] == ["c", "d"] and truncated
+    settings.REPLAY_MAX_COUNT = 10
+    missed, truncated = await database_sync_to_async(services.missed_broadcasts)(after=0, groups=["all"])
+    assert [b.text for b in missed] == ["b", "c", "d"] and not truncated
+
+
+async def test_a_broadcast_redis_refused_is_never_replayed():
+    """A broadcast whose push failed is marked so and left out of replays."""
+    await Broadcast.objects.acreate(text="refused", group="all", pushed=False)
+    (kept,) = await send_many("kept")
+    missed, _ = await database_sync_to_async(services.missed_broadcasts)(after=0, groups=["all"])
+    assert [b.pk for b in missed] == [kept]
+
+
+async def test_plain_client_replay_and_bad_after():
+    """Plain clients get missed broadcasts as text frames; a non-numeric after closes with 1008."""
+    first, _ = await send_many("p1", "p2")
+    plain = WebsocketCommunicator(EchoConsumer.as_asgi(), f"/ws/?after={first}")
+    assert (await plain.connect())[0]
+    assert await plain.receive_from() == "Server broadcast: p2"
+    await plain.disconnect()
+    bad = WebsocketCommunicator(EchoConsumer.as_asgi(), "/ws/?after=yesterday")
+    assert (await bad.connect())[0]
+    closed = await bad.receive_output()
+    assert (closed["code"], closed["reason"]) == (
+        1008,
+        "invalid after 'yesterday': expected the id of a broadcast",
+    )
