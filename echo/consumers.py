@@ -114,8 +114,13 @@ class EchoConsumer(LoggedConsumer):
         await self.accept(subprotocol)
         if self.uses_json:
             username = user.get_username() if row["user_id"] is not None else None
+            last = await database_sync_to_async(services.latest_broadcast_id)()
             welcome = protocol.encode(
-                "welcome", connection=self.connection_id, user=username, groups=self.names
+                "welcome",
+                connection=self.connection_id,
+                user=username,
+                groups=self.names,
+                last_broadcast=last,
             )
             await self.send(text_data=welcome)
         if after is not None:

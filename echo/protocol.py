@@ -4,7 +4,8 @@ Client to server, one object per text frame:
     {"type": "echo", "text": "..."}
     {"type": "join", "group": "name"}      {"type": "leave", "group": "name"}
 Server to client:
-    {"type": "welcome", "connection": "1f2e3d4c", "user": "alice" or null, "groups": ["all"]}  (first)
+    {"type": "welcome", "connection": "1f2e3d4c", "user": "alice" or null, "groups": ["all"],
+     "last_broadcast": 41}  (first; reconnect with ?after=<the last broadcast id you have>)
     {"type": "echo", "text": "Server: Hello. You said: ..."}
     {"type": "broadcast", "id": 7, "text": "...", "group": "all", "sender": "alice", "sent_at": "..."}
     {"type": "presence", "online": 12}

@@ -12,7 +12,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Q, QuerySet
+from django.db.models import Max, Q, QuerySet
 from django.utils import timezone
 
 from echo.channel_layer import REDIS_DOWN, redacted
@@ -123,6 +123,11 @@ def broadcast_send(*, text: str, group: str = ALL_GROUP, sender: AbstractBaseUse
         ) from error
     logger.info("broadcast=%s group=%s sender=%s sent", broadcast.pk, group, broadcast.sender_name)
     return broadcast
+
+
+def latest_broadcast_id() -> int:
+    """Return the id of the newest broadcast, 0 if there is none: where a new client starts."""
+    return Broadcast.objects.aggregate(latest=Max("id"))["latest"] or 0
 
 
 def missed_broadcasts(*, after: int, groups: list[str]) -> tuple[list[Broadcast], bool]:

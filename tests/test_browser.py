@@ -127,7 +127,8 @@ def test_a_hostile_message_is_shown_as_text_and_runs_nothing(page, daphne):
 
 
 def test_group_join_receives_group_broadcasts_and_survives_a_restart(page, fresh_daphne):
-    """Kill the Daphne the page talks to: the page says so, reconnects by itself, rejoins its group."""
+    """Kill the Daphne the page talks to: the page says so, reconnects by itself, rejoins its group,
+    and shows what was broadcast while it was away."""
     open_chat(page, fresh_daphne)
     page.fill("#group", "team-red")
     page.press("#group", "Enter")
@@ -141,9 +142,14 @@ def test_group_join_receives_group_broadcasts_and_survives_a_restart(page, fresh
     assert re.search(r"Closed \(code 1006\) – reconnecting in \d+ s", status), status
     send(page, "while down")
     wait_for_line(page, "Not sent: “while down” – the connection is not open", "error")
+    broadcast(fresh_daphne, "missed while away")  # Redis is up: it is stored and published to no one
+    broadcast(fresh_daphne, "missed by red", "--group", "team-red")
 
     fresh_daphne.start()  # the same port
     expect_status(page, "Connected", timeout=40_000)
+    wait_for_line(page, "missed while away", "broadcast")
+    wait_for_line(page, "missed by red", "broadcast")
+    wait_for_line(page, "Caught up on 2 broadcast(s) missed while away", "system")
     send(page, "back again")
     wait_for_line(page, "Server: Hello. You said: back again", "received")
     assert "Server: Hello. You said: while down" not in log_lines(page), "nothing was queued"

@@ -217,6 +217,8 @@ async def test_json_client_is_welcomed_with_its_user():
     communicator.scope["user"] = alice
     assert (await communicator.connect())[0]
     welcome = await communicator.receive_json_from()
-    assert welcome["user"] == "alice" and welcome["groups"] == ["all", "red"]
+    assert (
+        welcome["user"] == "alice" and welcome["groups"] == ["all", "red"] and welcome["last_broadcast"] == 0
+    )
     assert len(welcome["connection"]) == 8
     await communicator.disconnect()

@@ -32,6 +32,8 @@
   var retryTimer = null;
   var countdownTimer = null;
   var groups = []; // the groups to be in, besides "all", kept across reconnects
+  var lastBroadcast = null; // the newest broadcast id seen: a reconnect asks for what came after
+  var seen = new Set(); // broadcast ids shown, so that a replay never shows one twice
 
   function clock(date) {
     return date.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit"});
@@ -102,7 +104,12 @@
     clearTimers();
     wanted = true;
     setStatus("connecting", "Connecting…");
-    socket = new WebSocket(url, [PROTOCOL]);
+    // Rejoin the groups in the handshake, and ask for the broadcasts missed while away.
+    var query = groups.map(function (name) { return "group=" + encodeURIComponent(name); });
+    if (lastBroadcast !== null) {
+      query.push("after=" + lastBroadcast);
+    }
+    socket = new WebSocket(url + (query.length ? "?" + query.join("&") : ""), [PROTOCOL]);
     socket.binaryType = "arraybuffer";
     socket.addEventListener("open", onOpen);
     socket.addEventListener("message", onMessage);
@@ -112,7 +119,6 @@
   function onOpen() {
     attempt = 0;
     setStatus("open", "Connected");
-    groups.forEach(function (name) { sendEnvelope({type: "join", group: name}); });
   }
 
   function onMessage(event) {
@@ -131,12 +137,26 @@
     if (message.type === "echo") {
       show("received", message.text);
     } else if (message.type === "broadcast") {
+      if (seen.has(message.id)) { return; }
+      if (seen.size > 5000) { seen.clear(); }
+      seen.add(message.id);
+      lastBroadcast = Math.max(lastBroadcast || 0, message.id);
       var sent = new Date(message.sent_at);
       show("broadcast", message.text, "from " + message.sender + " to " + message.group + " at " + clock(sent), sent);
     } else if (message.type === "presence") {
       onlineEl.textContent = message.online + " online";
     } else if (message.type === "welcome") {
       whoEl.textContent = message.user ? "Signed in as " + message.user : "Anonymous";
+      if (lastBroadcast === null) {
+        lastBroadcast = message.last_broadcast; // from here on, nothing is missed
+      }
+      groups = message.groups.filter(function (name) { return name !== "all"; });
+      renderGroups();
+    } else if (message.type === "resumed") {
+      if (message.replayed > 0 || message.truncated) {
+        show("system", "Caught up on " + message.replayed + " broadcast(s) missed while away" +
+          (message.truncated ? "; older ones were no longer kept" : ""));
+      }
     } else if (message.type === "joined") {
       if (groups.indexOf(message.group) === -1) {
         groups.push(message.group);
