@@ -3,7 +3,9 @@
 - ``RedisPubSubChannelLayer`` (the default): channels_redis's pub/sub layer, except that while
   Redis is unreachable a new connection is still accepted (its subscriptions wait and are made
   when Redis returns), the receive loop says so once per outage instead of logging a
-  traceback every second, and it says when Redis is back.
+  traceback every second, and it says when Redis is back; and a consumer's queue holds at
+  most ``capacity`` messages: past that they are dropped, counted and logged, and the
+  consumer gets a ``channel.overflow`` message (it closes, and its client resumes).
 - ``RedisChannelLayer``: channels_redis's core layer with a pool that waits for a free
   connection instead of failing past ``max_connections``.
 """
@@ -20,12 +22,17 @@ from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from echo import metrics
+
 logger = logging.getLogger(__name__)
 
 # What an unreachable Redis raises through redis-py.
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 # Seconds between attempts to reach Redis again during an outage.
 RETRY_INTERVAL = 0.5
+# Messages a consumer may have waiting before the layer drops what comes next.
+DEFAULT_CAPACITY = 500
+OVERFLOW_MESSAGE = {"type": "channel.overflow"}
 
 
 class RedisChannelLayer(StockRedisChannelLayer):
@@ -51,6 +58,7 @@ class Outage:
         self.since: float | None = None
 
     def down(self, error: BaseException) -> None:
+        metrics.channel_layer_errors.inc()
         if self.since is None:
             self.since = time.monotonic()
             logger.warning(
@@ -78,6 +86,7 @@ class ResilientShard(pubsub.RedisSingleShardConnection):
         self.outage = Outage(host)
         self.pending_subscribe: set[str] = set()
         self.pending_unsubscribe: set[str] = set()
+        self.overflowed: set[str] = set()
 
     async def subscribe(self, channel: str) -> None:
         try:
@@ -88,6 +97,7 @@ class ResilientShard(pubsub.RedisSingleShardConnection):
             self.pending_subscribe.add(channel)
 
     async def unsubscribe(self, channel: str) -> None:
+        self.overflowed.discard(channel)
         if channel in self.pending_subscribe:
             self.pending_subscribe.discard(channel)
             return
@@ -96,6 +106,37 @@ class ResilientShard(pubsub.RedisSingleShardConnection):
         except REDIS_DOWN as error:
             self.outage.down(error)
             self.pending_unsubscribe.add(channel)
+
+    def _receive_message(self, message: dict | None) -> None:
+        if message is None:
+            return
+        name, data = message["channel"], message["data"]
+        if isinstance(name, bytes):
+            name = name.decode()
+        layer = self.channel_layer
+        if name in layer.channels:
+            self.deliver(name, data)
+        elif name in layer.groups:
+            for channel in layer.groups[name]:
+                if channel in layer.channels:
+                    self.deliver(channel, data)
+
+    def deliver(self, channel: str, data: bytes) -> None:
+        """Queue ``data`` for a consumer, or drop it if the consumer is ``capacity`` messages behind."""
+        queue = self.channel_layer.channels[channel]
+        if queue.qsize() < self.channel_layer.capacity:
+            queue.put_nowait(data)
+            return
+        metrics.overflow_drops.inc()
+        if channel not in self.overflowed:
+            self.overflowed.add(channel)
+            queue.put_nowait(self.channel_layer.channel_layer.serialize(OVERFLOW_MESSAGE))
+            logger.warning(
+                "channel %s is %d messages behind: dropping what comes next and closing it, "
+                "its client will resume what it missed",
+                channel,
+                queue.qsize() - 1,
+            )
 
     async def catch_up(self) -> None:
         """Make the subscription changes that an outage held back."""
@@ -114,14 +155,16 @@ class ResilientShard(pubsub.RedisSingleShardConnection):
     async def _do_receiving(self) -> None:
         while True:
             try:
+                if self.outage.since is not None:
+                    await self._redis.ping()  # raises until Redis is back
                 if self.pending_subscribe or self.pending_unsubscribe:
                     await self.catch_up()
+                self.outage.up()
                 if self._pubsub and self._pubsub.subscribed:
                     message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
                     self._receive_message(message)
                 else:
                     await asyncio.sleep(0.1)
-                self.outage.up()
             except (asyncio.CancelledError, GeneratorExit):
                 raise
             except REDIS_DOWN as error:
@@ -135,8 +178,9 @@ class ResilientShard(pubsub.RedisSingleShardConnection):
 class ResilientLoopLayer(pubsub.RedisPubSubLoopLayer):
     """channels_redis's per-event-loop pub/sub layer, on resilient shards."""
 
-    def __init__(self, hosts=None, *args, **kwargs) -> None:
+    def __init__(self, hosts=None, *args, capacity: int = DEFAULT_CAPACITY, **kwargs) -> None:
         super().__init__(hosts, *args, **kwargs)
+        self.capacity = capacity
         self._shards = [ResilientShard(host, self) for host in decode_hosts(hosts)]
 
 

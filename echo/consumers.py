@@ -9,7 +9,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone
 
-from echo import protocol, services
+from echo import metrics, protocol, services
 from echo.presence import registry
 
 logger = logging.getLogger(__name__)
@@ -20,6 +20,7 @@ messages_logger = logging.getLogger("echo.messages")
 # How many groups one connection may be in, "all" included.
 MAX_GROUPS = 20
 POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
 
 
 class LoggedConsumer(AsyncWebsocketConsumer):
@@ -31,11 +32,14 @@ class LoggedConsumer(AsyncWebsocketConsumer):
         self.peer = f"{client[0]}:{client[1]}"
         self.rate_limit = services.RateLimit(rate=settings.WEBSOCKET_RATE, burst=settings.WEBSOCKET_BURST)
         self.closing = False
+        self.counted = False
         await super().websocket_connect(message)
 
     async def accept(self, subprotocol: str | None = None, headers=None) -> None:
         """Accept the connection, with ``subprotocol`` if given."""
         await super().accept(subprotocol, headers)
+        metrics.connections_open.inc()
+        self.counted = True
         logger.info(
             "conn=%s peer=%s connected path=%s%s",
             self.connection_id,
@@ -49,6 +53,7 @@ class LoggedConsumer(AsyncWebsocketConsumer):
             messages_logger.info(
                 "conn=%s peer=%s received %s", self.connection_id, self.peer, describe(message)
             )
+        metrics.messages_received.inc()
         if self.closing:
             return  # frames that were on their way when we closed
         if not self.rate_limit.allow():
@@ -61,6 +66,7 @@ class LoggedConsumer(AsyncWebsocketConsumer):
     async def send(self, text_data: str | None = None, bytes_data: bytes | None = None, close=False):
         """Send a text or binary message down the socket."""
         await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        metrics.messages_sent.inc()
         if messages_logger.isEnabledFor(logging.INFO):
             sent = {"text": text_data, "bytes": bytes_data}
             messages_logger.info("conn=%s peer=%s sent %s", self.connection_id, self.peer, describe(sent))
@@ -75,6 +81,8 @@ class LoggedConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         """Log the end of the connection with the client's close code."""
+        if self.counted:
+            metrics.connections_open.dec()
         logger.info("conn=%s peer=%s closed code=%s", self.connection_id, self.peer, code)
 
 
@@ -205,6 +213,10 @@ class EchoConsumer(LoggedConsumer):
     async def connection_close(self, event: dict) -> None:
         """Close the connection because the server was asked to (an administrator's disconnect)."""
         await self.close(event["code"], event["reason"])
+
+    async def channel_overflow(self, event: dict) -> None:
+        """Close a connection whose channel-layer queue overflowed; the client resumes what it missed."""
+        await self.close(TRY_AGAIN_LATER, "fell behind: reconnect to get the missed broadcasts")
 
     async def send_online(self, online: int) -> None:
         """Tell a JSON client how many connections are online."""

@@ -15,6 +15,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Max, Q, QuerySet
 from django.utils import timezone
 
+from echo import metrics
 from echo.channel_layer import REDIS_DOWN, redacted
 from echo.models import Broadcast, Connection
 
@@ -113,6 +114,7 @@ def broadcast_send(*, text: str, group: str = ALL_GROUP, sender: AbstractBaseUse
     try:
         async_to_sync(_publish)(layer_group(group), broadcast_event(broadcast))
     except Exception as error:
+        metrics.broadcasts_failed.inc()
         Broadcast.objects.filter(pk=broadcast.pk).update(pushed=False)
         where = redacted(settings.REDIS_URL)
         problem = "is unreachable" if isinstance(error, (*REDIS_DOWN, TimeoutError)) else "failed"
@@ -121,6 +123,7 @@ def broadcast_send(*, text: str, group: str = ALL_GROUP, sender: AbstractBaseUse
             f"broadcast #{broadcast.pk} is recorded but not sent",
             broadcast=broadcast,
         ) from error
+    metrics.broadcasts_sent.inc()
     logger.info("broadcast=%s group=%s sender=%s sent", broadcast.pk, group, broadcast.sender_name)
     return broadcast
 

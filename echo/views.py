@@ -1,8 +1,10 @@
-"""HTTP views: the page at / and the answer to a plain GET on a WebSocket route."""
+"""HTTP views: the chat page, the answer to a plain GET on a WebSocket route, health and metrics."""
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from echo.health import health
 
@@ -38,3 +40,15 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
         {"status": "ok" if healthy else "degraded", "checks": checks}, status=200 if healthy else 503
     )
+
+
+@never_cache
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Serve this process's metrics in Prometheus text format, to staff unless METRICS_PUBLIC."""
+    if not settings.METRICS_PUBLIC and not (request.user.is_authenticated and request.user.is_staff):
+        return HttpResponse(
+            "Metrics are for staff; set METRICS_PUBLIC=1 to open them.\n",
+            status=403,
+            content_type="text/plain; charset=utf-8",
+        )
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

@@ -151,10 +151,14 @@ else:
     sys.stderr.write(f"CHANNEL_LAYER must be pubsub or core, not {CHANNEL_LAYER!r}.\n")
     raise SystemExit(2)
 
+# Messages a consumer may have waiting in the layer; past that they are dropped, counted,
+# logged, and the connection is closed with 1013 so that its client resumes them.
+CHANNEL_CAPACITY = env_int("CHANNEL_CAPACITY", 500)
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": CHANNEL_LAYER_BACKEND,
-        "CONFIG": {"hosts": [CHANNEL_LAYER_HOST]},
+        "CONFIG": {"hosts": [CHANNEL_LAYER_HOST], "capacity": CHANNEL_CAPACITY},
     },
 }
 
@@ -166,6 +170,11 @@ WEBSOCKET_MAX_MESSAGE_SIZE = env_int("WEBSOCKET_MAX_MESSAGE_SIZE", 1024 * 1024)
 # closed with 1008. A person typing never comes near; a script flooding does. 0: no limit.
 WEBSOCKET_RATE = float(os.environ.get("WEBSOCKET_RATE", "20"))
 WEBSOCKET_BURST = env_int("WEBSOCKET_BURST", 60)
+
+# --- Operations ----------------------------------------------------------------------
+
+# /metrics is for signed-in staff unless this opens it (for a scraper on a private network).
+METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)
 
 # --- Logging -------------------------------------------------------------------------
 

@@ -8,5 +8,6 @@ urlpatterns = [
     path("ws/", views.upgrade_required, name="ws"),
     path("ws/raw/", views.upgrade_required, name="ws-raw"),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", views.metrics, name="metrics"),
     path("admin/", admin.site.urls),
 ]
