@@ -13,6 +13,9 @@ written for (tests/test_daphne_fixes.py fails if Daphne changes underneath):
 - ``settings.WEBSOCKET_MAX_MESSAGE_SIZE`` is the size limit, and a message over it, invalid
   UTF-8 or a protocol violation get a close frame (1009, 1007, 1002) before the TCP
   connection ends, instead of a bare disconnect;
+- a client that stops reading cannot make the server buffer without bound: once more than
+  ``settings.WEBSOCKET_OUTBOUND_LIMIT`` bytes wait unsent, the next send closes it with
+  1013 instead (Daphne buffered everything: 1 GB for 100 such clients);
 - on SIGTERM (or Ctrl-C) every open WebSocket gets a close frame 1001, each application
   sees its disconnect (up to ``SHUTDOWN_GRACE`` seconds), and the shutdown hooks run, where
   Daphne would cancel the applications and drop the TCP connections (clients saw 1006).
@@ -36,6 +39,7 @@ WRITTEN_FOR = "4.2.3"
 # Seconds that clients and applications get to finish their closing handshake on shutdown.
 SHUTDOWN_GRACE = 5.0
 GOING_AWAY = 1001
+TRY_AGAIN_LATER = 1013
 
 _applied = False
 
@@ -74,6 +78,38 @@ def close_with(protocol: WebSocketProtocol, code: int | None, reason: str | None
         code, reason = 1011, "internal error"
     reason_bytes = encode_truncate(reason, 123) if reason else None
     protocol.sendCloseFrame(code=code, reasonUtf8=reason_bytes, isReply=False)
+
+
+def unsent_bytes(protocol: WebSocketProtocol) -> int:
+    """Return how many bytes the connection's Twisted transport holds that the peer has not taken."""
+    transport = protocol.transport
+    buffered = len(getattr(transport, "dataBuffer", b"")) - getattr(transport, "offset", 0)
+    return buffered + getattr(transport, "_tempDataLen", 0)
+
+
+def guarded_send(
+    original: Callable[..., None], on_slow_client: Callable[[], None] | None
+) -> Callable[..., None]:
+    """Wrap ``serverSend`` so that a client which stopped reading is closed, not buffered for."""
+
+    def server_send(protocol: WebSocketProtocol, content, binary: bool = False) -> None:
+        limit = settings.WEBSOCKET_OUTBOUND_LIMIT
+        if limit and protocol.state == protocol.STATE_OPEN and unsent_bytes(protocol) > limit:
+            logger.warning(
+                "closing %s with 1013: %d bytes unsent, over WEBSOCKET_OUTBOUND_LIMIT=%d; it stopped reading",
+                protocol.client_addr,
+                unsent_bytes(protocol),
+                limit,
+            )
+            # The close frame queues behind the unsent data; without a reply within autobahn's
+            # close handshake timeout the connection is dropped and its buffer freed.
+            close_with(protocol, TRY_AGAIN_LATER, "not reading: too much unsent data, reconnect to catch up")
+            if on_slow_client is not None:
+                on_slow_client()
+            return
+        original(protocol, content, binary)
+
+    return server_send
 
 
 def protocol_options() -> dict:
@@ -117,10 +153,13 @@ def graceful_shutdown(
     return kill_all_applications
 
 
-def apply(*, on_shutdown: list[Callable[[], Awaitable[None]]] = ()) -> None:
+def apply(
+    *, on_shutdown: list[Callable[[], Awaitable[None]]] = (), on_slow_client: Callable[[], None] | None = None
+) -> None:
     """Install the corrections into Daphne, once, if it is the version they were written for.
 
-    ``on_shutdown`` coroutines run once the WebSockets are closed, before the process exits.
+    ``on_shutdown`` coroutines run once the WebSockets are closed, before the process exits;
+    ``on_slow_client`` is called for each connection closed because it stopped reading.
     """
     global _applied
     if _applied:
@@ -134,6 +173,7 @@ def apply(*, on_shutdown: list[Callable[[], Awaitable[None]]] = ()) -> None:
         )
         return
     WebSocketProtocol.handle_reply = handle_reply
+    WebSocketProtocol.serverSend = guarded_send(WebSocketProtocol.serverSend, on_slow_client)
     original_set_options = WebSocketFactory.setProtocolOptions
 
     def set_protocol_options(factory: WebSocketFactory, **options) -> None:

@@ -113,6 +113,12 @@ class DaphneServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def rss(self) -> int:
+        """Return the process's resident memory, in bytes."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kilobytes = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(kilobytes) * 1024
+
     def wait_for_log(self, text: str, timeout: float = 5) -> str:
         """Return the log once it contains ``text``; fail after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
@@ -136,3 +142,21 @@ class DaphneServer:
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def non_reading_client(port: int, path: str = "/ws/") -> socket.socket:
+    """Open a WebSocket with a raw socket (tiny receive buffer) that will never read what it is sent."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: L4kHN+1Bx7zKbxsDbqgzHw==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)  # byte by byte: leave every frame after the handshake unread
+    if not response.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError(f"handshake refused: {response!r}")
+    return sock

@@ -22,9 +22,14 @@ def test_fixes_stay_out_of_another_daphne_version(monkeypatch, caplog):
     monkeypatch.setattr(daphne_fixes, "_applied", False)
     monkeypatch.setattr(daphne, "__version__", "99.0")
     monkeypatch.setattr(WebSocketProtocol, "handle_reply", WebSocketProtocol.handle_reply)
+    monkeypatch.setattr(WebSocketProtocol, "serverSend", WebSocketProtocol.serverSend)
     monkeypatch.setattr(Server, "kill_all_applications", Server.kill_all_applications)
-    originals = WebSocketProtocol.handle_reply, Server.kill_all_applications
+    originals = WebSocketProtocol.handle_reply, WebSocketProtocol.serverSend, Server.kill_all_applications
     with caplog.at_level(logging.WARNING, logger="project.daphne_fixes"):
         daphne_fixes.apply()
-    assert (WebSocketProtocol.handle_reply, Server.kill_all_applications) == originals
+    assert (
+        WebSocketProtocol.handle_reply,
+        WebSocketProtocol.serverSend,
+        Server.kill_all_applications,
+    ) == originals
     assert "written for Daphne 4.2.3, found 99.0: not applied" in caplog.text
