@@ -168,7 +168,7 @@ CHANNEL_LAYERS = {
 WEBSOCKET_MAX_MESSAGE_SIZE = env_int("WEBSOCKET_MAX_MESSAGE_SIZE", 1024 * 1024)
 # Bytes that may wait unsent to one client; past that it has stopped reading and is closed
 # with 1013 (it resumes what it missed on reconnect). 0: no limit (Daphne's own behaviour).
-WEBSOCKET_OUTBOUND_LIMIT = env_int("WEBSOCKET_OUTBOUND_LIMIT", 512 * 1024)
+WEBSOCKET_OUTBOUND_LIMIT = env_int("WEBSOCKET_OUTBOUND_LIMIT", 256 * 1024)
 # Messages a connection may send a second on average, and in a burst; past that it is
 # closed with 1008. A person typing never comes near; a script flooding does. 0: no limit.
 WEBSOCKET_RATE = float(os.environ.get("WEBSOCKET_RATE", "20"))

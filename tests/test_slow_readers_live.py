@@ -49,7 +49,7 @@ async def test_clients_that_stop_reading_are_closed_and_memory_stays_bounded(sta
     log = server.wait_for_log("with 1013", timeout=5)
     closed = [line for line in log.splitlines() if "over WEBSOCKET_OUTBOUND_LIMIT" in line]
     assert len(closed) == 20, closed[:3]
-    # Unbounded, the 20 would hold 20 x 60 x 64 KiB = 75 MiB; bounded, about 20 x 0.6 MiB.
+    # Unbounded, the 20 would hold 20 x 60 x 64 KiB = 75 MiB; bounded, about 20 x 0.3 MiB.
     assert grown < 40 * 1024 * 1024, f"Daphne grew by {grown / 2**20:.0f} MiB"
     for sock in stuck:
         sock.close()

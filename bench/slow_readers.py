@@ -1,0 +1,134 @@
+"""Measure Daphne's memory when clients stop reading: the outbound limit on, and off (Daphne's own way).
+
+    .venv/bin/python -m bench.slow_readers [--clients 100] [--messages 200] [--size 65536]
+
+Starts a private redis-server and, for each setting in turn, a Daphne serving the project;
+N raw clients open ws/ and never read again; the benchmark then broadcasts M messages of
+SIZE bytes through the project's channel layer, and samples Daphne's resident memory
+(VmRSS) every 0.1 s until a reading client has them all and the memory settles. Prints the
+growth for each setting and how many clients the server closed.
+"""
+
+import argparse
+import asyncio
+import datetime
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import websockets
+
+from tests.servers import ROOT, DaphneServer, RedisServer, non_reading_client
+
+SETTINGS = {"limit on (default)": {}, "no limit (Daphne's own)": {"WEBSOCKET_OUTBOUND_LIMIT": "0"}}
+
+
+def make_layer(redis_url: str):
+    os.environ.update(DJANGO_SETTINGS_MODULE="project.settings", REDIS_URL=redis_url)
+    import django
+
+    django.setup()
+    from channels.layers import channel_layers
+
+    return channel_layers.make_backend("default")
+
+
+async def flood(server: DaphneServer, redis_url: str, clients: int, messages: int, size: int) -> dict:
+    stuck = [non_reading_client(server.port) for _ in range(clients)]
+    peak = baseline = server.rss()
+    sampling = True
+
+    def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, server.rss())
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.monotonic()
+    layer = make_layer(redis_url)
+    async with websockets.connect(server.ws_url + "/ws/", max_size=None) as reader:
+        await asyncio.sleep(0.3)
+        for n in range(messages):
+            now = datetime.datetime.now(datetime.UTC).isoformat()
+            text = f"{n:06d}" + "x" * (size - 6)
+            event = {
+                "type": "broadcast.message",
+                "id": n,
+                "text": text,
+                "group": "all",
+                "sender": "bench",
+                "sent_at": now,
+            }
+            await layer.group_send("group.all", event)
+            if n % 20 == 19:
+                print(f"  sent {n + 1}/{messages}", flush=True)
+        for _ in range(messages):
+            await asyncio.wait_for(reader.recv(), 60)
+        await asyncio.sleep(2)  # let buffers settle (or close handshakes time out)
+    await layer.flush()
+    sampling = False
+    sampler.join()
+    settled = server.rss()
+    for sock in stuck:
+        sock.close()
+    closed = server.log().count("over WEBSOCKET_OUTBOUND_LIMIT")
+    return {
+        "baseline": baseline,
+        "peak": peak,
+        "settled": settled,
+        "closed": closed,
+        "seconds": time.monotonic() - started,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--messages", type=int, default=200)
+    parser.add_argument("--size", type=int, default=64 * 1024)
+    args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    redis = RedisServer().start()
+    database = tempfile.mkdtemp(prefix="bench-db-") + "/bench.sqlite3"
+    base = {
+        "REDIS_URL": redis.url,
+        "DATABASE_URL": f"sqlite:///{database}",
+        "LOG_LEVEL": "WARNING",
+        "WEBSOCKET_RATE": "0",
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env={**os.environ, **base}, check=True
+    )
+    results = {}
+    try:
+        for name, extra in SETTINGS.items():
+            print(
+                f"{name}: {args.clients} clients stop reading, {args.messages} x {args.size} bytes each",
+                flush=True,
+            )
+            server = DaphneServer(env={**base, **extra}).start()
+            try:
+                results[name] = asyncio.run(flood(server, redis.url, args.clients, args.messages, args.size))
+            finally:
+                server.stop()
+    finally:
+        redis.stop()
+    mib = 2**20
+    print()
+    print(f"{'setting':<26}{'baseline MiB':>13}{'peak MiB':>10}{'growth MiB':>12}{'closed':>8}{'seconds':>9}")
+    for name, r in results.items():
+        print(
+            f"{name:<26}{r['baseline'] / mib:>13.0f}{r['peak'] / mib:>10.0f}"
+            f"{(r['peak'] - r['baseline']) / mib:>12.0f}{r['closed']:>8}{r['seconds']:>9.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
