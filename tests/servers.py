@@ -75,29 +75,28 @@ class RedisServer:
 class DaphneServer:
     """``daphne project.asgi:application`` in a subprocess, its output kept in a log file."""
 
-    def __init__(self, *, env: dict[str, str]) -> None:
+    def __init__(self, *, env: dict[str, str], tls: tuple[Path, Path] | None = None) -> None:
         self.port = free_port()
         self.env = {**os.environ, **env}
+        self.tls = tls  # (certificate, private key): serve https and wss
         self.log_path = Path(tempfile.mkstemp(prefix="test-daphne-", suffix=".log")[1])
         self.process: subprocess.Popen | None = None
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}"
 
     def start(self) -> "DaphneServer":
-        command = [
-            str(VENV_BIN / "daphne"),
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "project.asgi:application",
-        ]
+        if self.tls:
+            certificate, key = self.tls
+            listen = ["-e", f"ssl:{self.port}:interface=127.0.0.1:privateKey={key}:certKey={certificate}"]
+        else:
+            listen = ["-b", "127.0.0.1", "-p", str(self.port)]
+        command = [str(VENV_BIN / "daphne"), *listen, "project.asgi:application"]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command,
