@@ -16,6 +16,9 @@ written for (tests/test_daphne_fixes.py fails if Daphne changes underneath):
 - a client that stops reading cannot make the server buffer without bound: once more than
   ``settings.WEBSOCKET_OUTBOUND_LIMIT`` bytes wait unsent, the next send closes it with
   1013 instead (Daphne buffered everything: 1 GB for 100 such clients);
+- a request's headers (a WebSocket handshake is one) must arrive within
+  ``settings.HTTP_HEADER_TIMEOUT`` seconds: Twisted resets its idle timer on every byte, so a
+  client trickling one byte at a time (slowloris) held a connection for ever;
 - on SIGTERM (or Ctrl-C) every open WebSocket gets a close frame 1001, each application
   sees its disconnect (up to ``SHUTDOWN_GRACE`` seconds), and the shutdown hooks run, where
   Daphne would cancel the applications and drop the TCP connections (clients saw 1006).
@@ -31,7 +34,8 @@ from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 from django.conf import settings
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.web.http import HTTPChannel
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +116,60 @@ def guarded_send(
     return server_send
 
 
+def arm_header_deadline(channel: HTTPChannel) -> None:
+    """Give the next request on ``channel`` HTTP_HEADER_TIMEOUT seconds to send all its headers."""
+    disarm_header_deadline(channel)
+    channel.header_deadline = reactor.callLater(settings.HTTP_HEADER_TIMEOUT, drop_slow_request, channel)
+
+
+def disarm_header_deadline(channel: HTTPChannel) -> None:
+    deadline = getattr(channel, "header_deadline", None)
+    if deadline is not None and deadline.active():
+        deadline.cancel()
+    channel.header_deadline = None
+
+
+def drop_slow_request(channel: HTTPChannel) -> None:
+    channel.header_deadline = None
+    if channel.transport is None:
+        return
+    logger.warning(
+        "dropping %s: request headers incomplete after %s s (HTTP_HEADER_TIMEOUT)",
+        channel.transport.getPeer(),
+        settings.HTTP_HEADER_TIMEOUT,
+    )
+    channel.transport.abortConnection()
+
+
+def header_deadlines() -> None:
+    """Arm the header deadline when a connection opens and after each response; disarm it when
+    the headers are in (a WebSocket upgrade never finishes its request, so it is never re-armed)."""
+    original_made, original_headers = HTTPChannel.connectionMade, HTTPChannel.allHeadersReceived
+    original_done, original_lost = HTTPChannel.requestDone, HTTPChannel.connectionLost
+
+    def connection_made(channel: HTTPChannel) -> None:
+        original_made(channel)
+        arm_header_deadline(channel)
+
+    def all_headers_received(channel: HTTPChannel) -> None:
+        disarm_header_deadline(channel)
+        original_headers(channel)
+
+    def request_done(channel: HTTPChannel, request) -> None:
+        # Armed first: a pipelined request buffered in the channel is read within original_done.
+        arm_header_deadline(channel)
+        original_done(channel, request)
+
+    def connection_lost(channel: HTTPChannel, reason) -> None:
+        disarm_header_deadline(channel)
+        original_lost(channel, reason)
+
+    HTTPChannel.connectionMade = connection_made
+    HTTPChannel.allHeadersReceived = all_headers_received
+    HTTPChannel.requestDone = request_done
+    HTTPChannel.connectionLost = connection_lost
+
+
 def protocol_options() -> dict:
     """Autobahn options that every WebSocket connection gets."""
     limit = settings.WEBSOCKET_MAX_MESSAGE_SIZE
@@ -181,5 +239,6 @@ def apply(
         original_set_options(factory, **{**options, **protocol_options()})
 
     WebSocketFactory.setProtocolOptions = set_protocol_options
+    header_deadlines()
     Server.kill_all_applications = graceful_shutdown(Server.kill_all_applications, list(on_shutdown))
     _applied = True

@@ -166,6 +166,9 @@ CHANNEL_LAYERS = {
 
 # Largest message (and frame) the server accepts, in bytes; a larger one is closed with 1009.
 WEBSOCKET_MAX_MESSAGE_SIZE = env_int("WEBSOCKET_MAX_MESSAGE_SIZE", 1024 * 1024)
+# Seconds a client has to send a request's headers (the WebSocket handshake included);
+# one that trickles them (slowloris) is dropped.
+HTTP_HEADER_TIMEOUT = float(os.environ.get("HTTP_HEADER_TIMEOUT", "10"))
 # Bytes that may wait unsent to one client; past that it has stopped reading and is closed
 # with 1013 (it resumes what it missed on reconnect). 0: no limit (Daphne's own behaviour).
 WEBSOCKET_OUTBOUND_LIMIT = env_int("WEBSOCKET_OUTBOUND_LIMIT", 256 * 1024)
