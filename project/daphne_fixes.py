@@ -13,6 +13,8 @@ written for (tests/test_daphne_fixes.py fails if Daphne changes underneath):
 - ``settings.WEBSOCKET_MAX_MESSAGE_SIZE`` is the size limit, and a message over it, invalid
   UTF-8 or a protocol violation get a close frame (1009, 1007, 1002) before the TCP
   connection ends, instead of a bare disconnect;
+- a send that races the closing handshake is dropped, not raised into the application
+  (autobahn raises ``Disconnected``; Daphne logged a traceback and killed the consumer);
 - a client that stops reading cannot make the server buffer without bound: once more than
   ``settings.WEBSOCKET_OUTBOUND_LIMIT`` bytes wait unsent, the next send closes it with
   1013 instead (Daphne buffered everything: 1 GB for 100 such clients);
@@ -97,6 +99,12 @@ def guarded_send(
     """Wrap ``serverSend`` so that a client which stopped reading is closed, not buffered for."""
 
     def server_send(protocol: WebSocketProtocol, content, binary: bool = False) -> None:
+        if protocol.state in (protocol.STATE_CLOSING, protocol.STATE_CLOSED):
+            # The closing handshake has begun: the frame cannot go out. autobahn raises, which
+            # Daphne turns into "Exception inside application" and kills the consumer before
+            # its disconnect handler runs.
+            logger.debug("dropping a send to %s: the connection is closing", protocol.client_addr)
+            return
         limit = settings.WEBSOCKET_OUTBOUND_LIMIT
         if limit and protocol.state == protocol.STATE_OPEN and unsent_bytes(protocol) > limit:
             logger.warning(

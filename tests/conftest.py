@@ -74,6 +74,7 @@ def daphne(daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
     server = DaphneServer(env=daphne_env).start()
     yield server
     server.stop()
+    server.assert_no_tracebacks()
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +83,7 @@ def daphne_b(daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
     server = DaphneServer(env=daphne_env).start()
     yield server
     server.stop()
+    server.assert_no_tracebacks()
 
 
 @pytest.fixture(params=["pubsub", "core"])
@@ -90,6 +92,7 @@ def layer_daphne(request, daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
     server = DaphneServer(env={**daphne_env, "CHANNEL_LAYER": request.param}).start()
     yield server
     server.stop()
+    server.assert_no_tracebacks()
 
 
 @pytest.fixture
@@ -105,6 +108,8 @@ def start_daphne(daphne_env: dict[str, str]) -> Iterator[Callable[..., DaphneSer
     yield start
     for server in started:
         server.stop()
+    for server in started:
+        server.assert_no_tracebacks()
 
 
 @pytest.fixture

@@ -112,6 +112,12 @@ class DaphneServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def assert_no_tracebacks(self) -> None:
+        """Fail if the server logged a traceback: every error must reach users as a clean close."""
+        log = self.log()
+        at = log.find("Traceback (most recent call last)")
+        assert at < 0, f"Daphne logged a traceback:\n{log[max(0, at - 300) : at + 3000]}"
+
     def rss(self) -> int:
         """Return the process's resident memory, in bytes."""
         status = Path(f"/proc/{self.process.pid}/status").read_text()
