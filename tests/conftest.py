@@ -100,8 +100,8 @@ def start_daphne(daphne_env: dict[str, str]) -> Iterator[Callable[..., DaphneSer
     """Start Daphne processes of this test's own, with settings of its own; stop them after it."""
     started: list[DaphneServer] = []
 
-    def start(**settings: str) -> DaphneServer:
-        server = DaphneServer(env={**daphne_env, **settings}).start()
+    def start(args: list[str] = (), **settings: str) -> DaphneServer:
+        server = DaphneServer(env={**daphne_env, **settings}, args=args).start()
         started.append(server)
         return server
 

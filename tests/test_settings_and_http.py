@@ -101,3 +101,21 @@ def test_index_page_has_a_text_box():
     assert response.status_code == 200
     html = response.content.decode()
     assert '<input id="message"' in html and "echo/chat.js" in html
+
+
+def test_deploy_checks_are_clean_with_the_documented_production_settings():
+    """DJANGO_DEBUG=0, a strong key, host names and DJANGO_HTTPS=1: check --deploy finds nothing."""
+    result = manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        env={
+            "DJANGO_DEBUG": "0",
+            "DJANGO_SECRET_KEY": "x7#Qp9!vL2@mZ4$wR8^tY6&uI0*oP3(aS5)dF1-gH7+jK9=lZ2_xC4",
+            "DJANGO_ALLOWED_HOSTS": "echo.example.com",
+            "DJANGO_HTTPS": "1",
+        },
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout

@@ -1,6 +1,7 @@
 """Connections that hold a slot without doing their part: slowloris handshakes and dead peers."""
 
 import socket
+import sqlite3
 import time
 
 import pytest
@@ -61,3 +62,24 @@ def test_a_prompt_client_is_not_affected(start_daphne):
     sock.settimeout(5)
     assert sock.recv(2) == bytes([0x8A, 0x00]), "pong"
     sock.close()
+
+
+def test_a_dead_peer_is_dropped_by_keepalive_and_its_presence_row_goes(start_daphne, live_database):
+    """A peer that answers no ping is dropped after --ping-interval plus --ping-timeout, row and all."""
+    server = start_daphne(args=["--ping-interval", "1", "--ping-timeout", "2"])
+    dead = non_reading_client(server.port)  # it never reads, so it never answers a ping
+    peer = f"127.0.0.1:{dead.getsockname()[1]}"
+    server.wait_for_log(f"peer={peer} connected")
+    started = time.monotonic()
+    server.wait_for_log(f"peer={peer} closed", timeout=20)
+    assert time.monotonic() - started < 10
+    deadline = time.monotonic() + 5
+    while peer in presence_peers(live_database):
+        assert time.monotonic() < deadline, "the dead peer's presence row stayed"
+        time.sleep(0.1)
+    dead.close()
+
+
+def presence_peers(database) -> list[str]:
+    with sqlite3.connect(database) as db:
+        return [peer for (peer,) in db.execute("SELECT peer FROM echo_connection")]
