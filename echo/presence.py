@@ -17,8 +17,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import connection as db_connection
 from django.utils import timezone
 
 from echo.models import Connection, ServerProcess
@@ -120,11 +122,16 @@ class PresenceRegistry:
     async def shutdown(self) -> None:
         """Remove this process and its connections from the database: it is going away."""
         await self.stop()
-        await database_sync_to_async(self.retire)()
+        # A thread of its own: the shared database thread may still be busy with the write
+        # that stop() interrupted, and waiting for it from here would deadlock.
+        await sync_to_async(self.retire, thread_sensitive=False)()
         logger.info("presence: process %s retired", self.process_id)
 
     def retire(self) -> None:
-        ServerProcess.objects.filter(id=self.process_id).delete()
+        try:
+            ServerProcess.objects.filter(id=self.process_id).delete()
+        finally:
+            db_connection.close()
 
     async def stop(self) -> None:
         """Cancel the reporting task (tests, shutdown)."""

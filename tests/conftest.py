@@ -40,6 +40,7 @@ def daphne_env(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFacto
     """Production-like settings for a live Daphne: DEBUG off, a private Redis and database."""
     database = tmp_path_factory.mktemp("db") / "live.sqlite3"
     env = {
+        "DJANGO_STATIC_ROOT": str(tmp_path_factory.mktemp("static")),
         "REDIS_URL": redis_server.url,
         "DATABASE_URL": f"sqlite:///{database}",
         "DJANGO_DEBUG": "0",
