@@ -3,6 +3,7 @@
 import asyncio
 import logging
 
+import channels.consumer
 import pytest
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
@@ -221,4 +222,22 @@ async def test_json_client_is_welcomed_with_its_user():
         welcome["user"] == "alice" and welcome["groups"] == ["all", "red"] and welcome["last_broadcast"] == 0
     )
     assert len(welcome["connection"]) == 8
+    await communicator.disconnect()
+
+
+async def test_messages_are_handled_without_a_thread_hop(monkeypatch):
+    """No close_old_connections() thread hop per message (Channels 4.3 does one before every handler)."""
+    hops = []
+    real = channels.consumer.aclose_old_connections
+
+    async def counting():
+        hops.append(1)
+        await real()
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counting)
+    communicator = await connected(RawEchoConsumer, "/ws/raw/")
+    for n in range(50):
+        await communicator.send_to(text_data=f"m{n}")
+        assert await communicator.receive_from() == f"m{n}"
+    assert hops == []
     await communicator.disconnect()
