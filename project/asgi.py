@@ -8,10 +8,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 # Set Django up before anything imports models (the auth middleware does).
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from echo import metrics  # noqa: E402
+from echo.auth import AuthMiddlewareStack  # noqa: E402
 from echo.origin import AllowedHostsOriginValidator  # noqa: E402
 from echo.presence import registry  # noqa: E402
 from echo.routing import websocket_urlpatterns  # noqa: E402
