@@ -217,9 +217,9 @@ async def send(layer, number: int, key: str) -> float:
 async def join_barrier(crowd: Clients, layer, tag: str) -> tuple[int, int, int, float]:
     """Send warm-up broadcasts until one reaches every open client: all have joined the group.
 
-    The consumer accepts the handshake first and joins its groups after, so a broadcast sent
-    the moment the handshakes are done can miss clients. Returns how many clients the first
-    warm-up reached, the most one reached, the attempts made, and the seconds they took.
+    The consumer joins its groups before it accepts, so the first warm-up should reach every
+    client; this checks it. Returns how many clients the first warm-up reached, the most one
+    reached, the attempts made, and the seconds they took.
     """
     started = time.perf_counter()
     first = best = attempts = 0

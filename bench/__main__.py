@@ -1,0 +1,270 @@
+"""The benchmark: the project under Daphne against a plain `websockets` echo server, in one run.
+
+    .venv/bin/python -m bench [--rounds 3] [--seconds 5] [--idle 10000] [--hold 60] [--skip idle]
+
+Starts a private redis-server, the project under Daphne (as in production: `daphne -v 0`,
+WEBSOCKET_RATE=0 so that the load is not rate-limited) and the reference server
+(bench/reference_server.py), and drives them from separate load processes (bench/load.py:
+picows on uvloop), alternating the servers round by round so that a noisy machine shows as
+spread. Measures echo (50 closed-loop clients, 32-byte text) on ws/, ws/raw/ and the
+reference; connection churn (connect, one echo, close; 50 workers); broadcast fan-out to
+1,000 clients (bench/fanout.py); and memory per idle connection with 10,000 held for a
+minute. Prints a table with the reference beside the project and their ratio, and writes a
+PNG chart of the echo round-trip distribution to artifacts/bench.png.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.servers import ROOT, DaphneServer, RedisServer, free_port, wait_for_port
+
+CHART = ROOT / "artifacts" / "bench.png"
+
+
+def load(mode: str, url: str, *options: str, on_line=None) -> dict:
+    """Run bench/load.py in a process of its own and return its JSON result."""
+    command = [sys.executable, "-m", "bench.load", mode, url, *options]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    result = None
+    for line in process.stdout:
+        if line.startswith("{"):
+            result = json.loads(line)
+        elif on_line is not None:
+            on_line(line.strip())
+    process.wait()
+    if result is None:
+        raise RuntimeError(f"{' '.join(command)} exited with {process.returncode} and no result")
+    return result
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+class Reference:
+    """bench/reference_server.py in a subprocess."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}/"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.reference_server", str(self.port)],
+            cwd=ROOT,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, self.process, "the reference server")
+
+    def rss(self) -> int:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def idle_memory(url: str, rss, connections: int, hold: float) -> dict:
+    """Hold ``connections`` open for ``hold`` seconds; return bytes per connection and what was dropped."""
+    before = rss()
+    measured = {}
+
+    def on_line(line: str) -> None:
+        if line.startswith("OPEN "):
+            time.sleep(2)  # let the server settle after the last handshake
+            measured["after"] = rss()
+            print(f"  {line.split()[1]} connections open; holding them {hold:.0f} s", flush=True)
+
+    result = load("idle", url, "--connections", str(connections), "--hold", str(hold), on_line=on_line)
+    opened = max(result["opened"], 1)
+    return {**result, "per_connection": (measured.get("after", before) - before) / opened}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--fanout-clients", type=int, default=1000)
+    parser.add_argument("--broadcasts", type=int, default=20)
+    parser.add_argument("--idle", type=int, default=10_000)
+    parser.add_argument("--hold", type=float, default=60)
+    parser.add_argument("--skip", action="append", default=[], choices=["echo", "churn", "fanout", "idle"])
+    args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    began = time.monotonic()
+
+    redis = RedisServer().start()
+    database = tempfile.mkdtemp(prefix="bench-db-") + "/bench.sqlite3"
+    env = {
+        "REDIS_URL": redis.url,
+        "DATABASE_URL": f"sqlite:///{database}",
+        "LOG_LEVEL": "WARNING",
+        "WEBSOCKET_RATE": "0",
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env={**os.environ, **env}, check=True
+    )
+    daphne = DaphneServer(env=env, args=["-v", "0"]).start()
+    reference = Reference()
+    targets = {
+        "ws/": daphne.ws_url + "/ws/",
+        "ws/raw/": daphne.ws_url + "/ws/raw/",
+        "reference": reference.url,
+    }
+    echo = {name: {"rates": [], "rtts": []} for name in targets}
+    churn = {name: [] for name in ("ws/", "reference")}
+    rows: list[tuple[str, str, str, str]] = []
+    try:
+        for round_number in range(1, args.rounds + 1):
+            if "echo" not in args.skip:
+                for name, url in targets.items():
+                    result = load("echo", url, "--clients", str(args.clients), "--seconds", str(args.seconds))
+                    echo[name]["rates"].append(result["rate"])
+                    echo[name]["rtts"].extend(result["rtt_ms"])
+                    print(
+                        f"round {round_number}/{args.rounds} echo {name:<10} {result['rate']:>9,.0f} msg/s",
+                        flush=True,
+                    )
+            if "churn" not in args.skip:
+                for name in churn:
+                    url = targets[name]
+                    result = load(
+                        "churn", url, "--workers", str(args.clients), "--seconds", str(args.seconds)
+                    )
+                    churn[name].append(result["rate"])
+                    errors = (
+                        f" ({result['errors']} errors: {result['first_error']})" if result["errors"] else ""
+                    )
+                    print(
+                        f"round {round_number}/{args.rounds} churn {name:<9} "
+                        f"{result['rate']:>9,.0f} conn/s{errors}",
+                        flush=True,
+                    )
+
+        if "echo" not in args.skip:
+            reference_rate = statistics.median(echo["reference"]["rates"])
+            for name in targets:
+                rate = statistics.median(echo[name]["rates"])
+                rtts = echo[name]["rtts"]
+                rows.append(
+                    (
+                        f"echo {name} msg/s (median of {args.rounds})",
+                        f"{rate:,.0f}",
+                        f"{reference_rate:,.0f}",
+                        f"{rate / reference_rate:.2f}",
+                    )
+                )
+                rows.append(
+                    (
+                        f"echo {name} round trip p50 / p99 ms",
+                        f"{percentile(rtts, 50):.2f} / {percentile(rtts, 99):.2f}",
+                        f"{percentile(echo['reference']['rtts'], 50):.2f} / "
+                        f"{percentile(echo['reference']['rtts'], 99):.2f}",
+                        "",
+                    )
+                )
+            chart(echo)
+        if "churn" not in args.skip:
+            ours, theirs = statistics.median(churn["ws/"]), statistics.median(churn["reference"])
+            rows.append(("churn ws/ connections/s", f"{ours:,.0f}", f"{theirs:,.0f}", f"{ours / theirs:.2f}"))
+        if "fanout" not in args.skip:
+            os.environ.update(env, DJANGO_SETTINGS_MODULE="project.settings", CHANNEL_LAYER="pubsub")
+            import django
+
+            django.setup()
+            from bench.fanout import fanout
+
+            print(f"fan-out: {args.fanout_clients} clients, {args.broadcasts} broadcasts", flush=True)
+            result = asyncio.run(
+                fanout("pubsub", targets["ws/"], args.fanout_clients, args.broadcasts, "bench")
+            )
+            rows.append(
+                (
+                    f"fan-out to {args.fanout_clients}: first→last p50 / p99 ms",
+                    f"{percentile(result.first_to_last, 50):.0f} / "
+                    f"{percentile(result.first_to_last, 99):.0f}",
+                    "",
+                    f"lost {result.lost}",
+                )
+            )
+            rows.append(
+                (
+                    "fan-out: send→last p50 / p99 ms",
+                    f"{percentile(result.send_to_last, 50):.0f} / {percentile(result.send_to_last, 99):.0f}",
+                    "",
+                    "",
+                )
+            )
+        if "idle" not in args.skip:
+            print(f"idle: {args.idle} connections on the project", flush=True)
+            ours = idle_memory(targets["ws/"], daphne.rss, args.idle, args.hold)
+            print(f"idle: {args.idle} connections on the reference", flush=True)
+            theirs = idle_memory(targets["reference"], reference.rss, args.idle, args.hold)
+            rows.append(
+                (
+                    f"idle: KB per connection ({args.idle:,} held {args.hold:.0f} s)",
+                    f"{ours['per_connection'] / 1000:.1f}",
+                    f"{theirs['per_connection'] / 1000:.1f}",
+                    f"{ours['per_connection'] / max(theirs['per_connection'], 1):.2f}",
+                )
+            )
+            rows.append(
+                (
+                    "idle: opened / failed / dropped",
+                    f"{ours['opened']} / {ours['failed']} / {ours['dropped']}",
+                    f"{theirs['opened']} / {theirs['failed']} / {theirs['dropped']}",
+                    "",
+                )
+            )
+    finally:
+        reference.stop()
+        daphne.stop()
+        redis.stop()
+
+    print()
+    width = max(len(row[0]) for row in rows) + 2 if rows else 10
+    print(f"{'figure':<{width}}{'project':>16}{'reference':>16}{'ratio':>10}")
+    for figure, ours, theirs, ratio in rows:
+        print(f"{figure:<{width}}{ours:>16}{theirs:>16}{ratio:>10}")
+    print(f"took {time.monotonic() - began:.0f} s")
+
+
+def chart(echo: dict) -> None:
+    """Write the distribution of echo round trips, one line per server, to CHART."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    for name, data in echo.items():
+        ordered = sorted(data["rtts"])
+        if ordered:
+            axes.plot(ordered, [i / len(ordered) for i in range(len(ordered))], label=name)
+    axes.set_xscale("log")
+    axes.set_xlabel("round trip, ms (log scale)")
+    axes.set_ylabel("fraction of messages")
+    axes.set_title("Echo round trips, 50 closed-loop clients, 32-byte text")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    CHART.parent.mkdir(exist_ok=True)
+    figure.savefig(CHART)
+    print(f"chart written to {CHART.relative_to(ROOT)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
