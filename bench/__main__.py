@@ -8,9 +8,10 @@ WEBSOCKET_RATE=0 so that the load is not rate-limited) and the reference server
 picows on uvloop), alternating the servers round by round so that a noisy machine shows as
 spread. Measures echo (50 closed-loop clients, 32-byte text) on ws/, ws/raw/ and the
 reference; connection churn (connect, one echo, close; 50 workers); broadcast fan-out to
-1,000 clients (bench/fanout.py); and memory per idle connection with 10,000 held for a
-minute. Prints a table with the reference beside the project and their ratio, and writes a
-PNG chart of the echo round-trip distribution to artifacts/bench.png.
+1,000 clients (bench/fanout.py); memory per idle connection with 10,000 held for a minute;
+and echo through nginx (deploy/nginx.conf) in front of one Daphne, then two. Prints a table
+with the reference beside the project and their ratio, and writes a PNG chart of the echo
+round-trip distribution to artifacts/bench.png.
 """
 
 import argparse
@@ -100,7 +101,9 @@ def main() -> None:
     parser.add_argument("--broadcasts", type=int, default=20)
     parser.add_argument("--idle", type=int, default=10_000)
     parser.add_argument("--hold", type=float, default=60)
-    parser.add_argument("--skip", action="append", default=[], choices=["echo", "churn", "fanout", "idle"])
+    parser.add_argument(
+        "--skip", action="append", default=[], choices=["echo", "churn", "fanout", "idle", "scale"]
+    )
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -229,6 +232,8 @@ def main() -> None:
                     "",
                 )
             )
+        if "scale" not in args.skip:
+            rows.extend(scale(daphne, env, args))
     finally:
         reference.stop()
         daphne.stop()
@@ -240,6 +245,39 @@ def main() -> None:
     for figure, ours, theirs, ratio in rows:
         print(f"{figure:<{width}}{ours:>16}{theirs:>16}{ratio:>10}")
     print(f"took {time.monotonic() - began:.0f} s")
+
+
+def scale(daphne: DaphneServer, env: dict, args) -> list[tuple[str, str, str, str]]:
+    """Echo msg/s through nginx in front of one Daphne, then of two; return the table rows."""
+    from deploy.cluster import start_nginx
+
+    second = DaphneServer(env=env, args=["-v", "0"]).start()
+    proxies = {}
+    try:
+        for name, ports in (("1 process", [daphne.port]), ("2 processes", [daphne.port, second.port])):
+            port = free_port()
+            proxies[name] = (port, start_nginx(listen=port, upstream_ports=ports))
+            wait_for_port(port, proxies[name][1], "nginx")
+        rates: dict[str, list[float]] = {name: [] for name in proxies}
+        for round_number in range(1, args.rounds + 1):
+            for name, (port, _) in proxies.items():
+                url = f"ws://127.0.0.1:{port}/ws/"
+                result = load("echo", url, "--clients", str(args.clients * 2), "--seconds", str(args.seconds))
+                rates[name].append(result["rate"])
+                print(
+                    f"round {round_number}/{args.rounds} nginx + {name:<12} {result['rate']:>9,.0f} msg/s",
+                    flush=True,
+                )
+    finally:
+        for _, nginx in proxies.values():
+            nginx.terminate()
+            nginx.wait(timeout=10)
+        second.stop()
+    one, two = (statistics.median(rates[name]) for name in proxies)
+    return [
+        ("echo ws/ through nginx, 1 Daphne msg/s", f"{one:,.0f}", "", ""),
+        ("echo ws/ through nginx, 2 Daphnes msg/s", f"{two:,.0f}", "", f"{two / one:.2f}"),
+    ]
 
 
 def chart(echo: dict) -> None:
