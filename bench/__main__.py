@@ -18,14 +18,13 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from bench.environment import project_env, raise_file_limit
 from tests.servers import ROOT, DaphneServer, RedisServer, free_port, wait_for_port
 
 CHART = ROOT / "artifacts" / "bench.png"
@@ -105,21 +104,11 @@ def main() -> None:
         "--skip", action="append", default=[], choices=["echo", "churn", "fanout", "idle", "scale"]
     )
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_file_limit()
     began = time.monotonic()
 
     redis = RedisServer().start()
-    database = tempfile.mkdtemp(prefix="bench-db-") + "/bench.sqlite3"
-    env = {
-        "REDIS_URL": redis.url,
-        "DATABASE_URL": f"sqlite:///{database}",
-        "LOG_LEVEL": "WARNING",
-        "WEBSOCKET_RATE": "0",
-    }
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env={**os.environ, **env}, check=True
-    )
+    env = project_env(redis.url, LOG_LEVEL="WARNING", WEBSOCKET_RATE="0")
     daphne = DaphneServer(env=env, args=["-v", "0"]).start()
     reference = Reference()
     targets = {

@@ -24,10 +24,7 @@ import contextlib
 import datetime
 import os
 import re
-import resource
 import runpy
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -35,6 +32,7 @@ from dataclasses import dataclass, field
 
 import websockets
 
+from bench.environment import project_env, raise_file_limit
 from tests.servers import ROOT, DaphneServer, RedisServer
 
 LAYERS = ("core", "pubsub")
@@ -402,8 +400,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--chart", default=os.path.join(tempfile.gettempdir(), "fanout.png"))
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_file_limit()
     began = time.monotonic()
 
     redis = RedisServer()
@@ -411,14 +408,7 @@ def main() -> None:
     restarts: dict[str, list[RestartResult]] = {name: [] for name in LAYERS}
     try:
         redis.start()
-        database = tempfile.mkdtemp(prefix="bench-db-") + "/bench.sqlite3"
-        base = {"REDIS_URL": redis.url, "DATABASE_URL": f"sqlite:///{database}", "LOG_LEVEL": "WARNING"}
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "-v", "0"],
-            cwd=ROOT,
-            env={**os.environ, **base},
-            check=True,
-        )
+        base = project_env(redis.url, LOG_LEVEL="WARNING")
         os.environ.update(base, DJANGO_SETTINGS_MODULE="project.settings", CHANNEL_LAYER=LAYERS[0])
         import django
 

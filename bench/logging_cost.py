@@ -10,14 +10,12 @@ machine shows as spread), a Daphne serving the project; 50 closed-loop clients s
 import argparse
 import asyncio
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 
 import websockets
 
-from tests.servers import ROOT, DaphneServer, RedisServer
+from bench.environment import project_env
+from tests.servers import DaphneServer, RedisServer
 
 
 async def closed_loop(url: str, clients: int, seconds: float) -> float:
@@ -44,9 +42,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     args = parser.parse_args()
     redis = RedisServer().start()
-    database = tempfile.mkdtemp(prefix="bench-db-") + "/bench.sqlite3"
-    base = {"REDIS_URL": redis.url, "DATABASE_URL": f"sqlite:///{database}", "LOG_LEVEL": "INFO"}
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=base, check=True)
+    base = project_env(redis.url, LOG_LEVEL="INFO", WEBSOCKET_RATE="0")
     results: dict[str, list[float]] = {"LOG_MESSAGES=0": [], "LOG_MESSAGES=1": []}
     try:
         for round_number in range(args.rounds):

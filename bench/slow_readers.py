@@ -13,16 +13,13 @@ import argparse
 import asyncio
 import datetime
 import os
-import resource
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 
 import websockets
 
-from tests.servers import ROOT, DaphneServer, RedisServer, non_reading_client
+from bench.environment import project_env, raise_file_limit
+from tests.servers import DaphneServer, RedisServer, non_reading_client
 
 SETTINGS = {"limit on (default)": {}, "no limit (Daphne's own)": {"WEBSOCKET_OUTBOUND_LIMIT": "0"}}
 
@@ -93,19 +90,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--size", type=int, default=64 * 1024)
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_file_limit()
     redis = RedisServer().start()
-    database = tempfile.mkdtemp(prefix="bench-db-") + "/bench.sqlite3"
-    base = {
-        "REDIS_URL": redis.url,
-        "DATABASE_URL": f"sqlite:///{database}",
-        "LOG_LEVEL": "WARNING",
-        "WEBSOCKET_RATE": "0",
-    }
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env={**os.environ, **base}, check=True
-    )
+    base = project_env(redis.url, LOG_LEVEL="WARNING", WEBSOCKET_RATE="0")
     results = {}
     try:
         for name, extra in SETTINGS.items():

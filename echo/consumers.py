@@ -16,7 +16,7 @@ from echo.presence import registry
 
 logger = logging.getLogger(__name__)
 # Per-message lines have their own logger, off by default: at thousands of messages a
-# second they cost about a quarter of the echo throughput (bench/logging_cost.py).
+# second they cost about a third of the echo throughput (bench/logging_cost.py).
 messages_logger = logging.getLogger("echo.messages")
 
 # How many groups one connection may be in, "all" included.

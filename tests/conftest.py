@@ -1,13 +1,15 @@
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.test import override_settings
 
+from echo import consumers
+from echo.presence import PresenceRegistry
 from tests.servers import ROOT, DaphneServer, RedisServer
 
 ADMIN_PASSWORD = "admin-password-for-live-tests"
@@ -33,6 +35,16 @@ def channel_layer_settings(redis_server: RedisServer) -> Iterator[None]:
     """Point the channel layer of this test process at the private Redis."""
     with override_settings(CHANNEL_LAYERS=channel_layers_for(redis_server.url)):
         yield
+
+
+@pytest.fixture
+async def registry(monkeypatch, settings) -> AsyncIterator[PresenceRegistry]:
+    """A presence registry of the test's own, that writes only when the test flushes it."""
+    settings.PRESENCE_INTERVAL = 60
+    fresh = PresenceRegistry()
+    monkeypatch.setattr(consumers, "registry", fresh)
+    yield fresh
+    await fresh.stop()
 
 
 @pytest.fixture(scope="session")
@@ -69,31 +81,30 @@ def live_database(daphne_env: dict[str, str]) -> Path:
     return Path(daphne_env["DATABASE_URL"].removeprefix("sqlite:///"))
 
 
-@pytest.fixture(scope="session")
-def daphne(daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
-    """One live Daphne serving the project for the whole session."""
-    server = DaphneServer(env=daphne_env).start()
+def serving(server: DaphneServer) -> Iterator[DaphneServer]:
+    """Start ``server``, hand it to the test, stop it, and fail if it logged a traceback."""
+    server.start()
     yield server
     server.stop()
     server.assert_no_tracebacks()
+
+
+@pytest.fixture(scope="session")
+def daphne(daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
+    """One live Daphne serving the project for the whole session."""
+    yield from serving(DaphneServer(env=daphne_env))
 
 
 @pytest.fixture(scope="session")
 def daphne_b(daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
     """A second live Daphne on another port, sharing the Redis and the database with the first."""
-    server = DaphneServer(env=daphne_env).start()
-    yield server
-    server.stop()
-    server.assert_no_tracebacks()
+    yield from serving(DaphneServer(env=daphne_env))
 
 
 @pytest.fixture(params=["pubsub", "core"])
 def layer_daphne(request, daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
     """A Daphne of this test's own, once with each channel layer the settings offer."""
-    server = DaphneServer(env={**daphne_env, "CHANNEL_LAYER": request.param}).start()
-    yield server
-    server.stop()
-    server.assert_no_tracebacks()
+    yield from serving(DaphneServer(env={**daphne_env, "CHANNEL_LAYER": request.param}))
 
 
 @pytest.fixture

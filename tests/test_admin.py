@@ -8,21 +8,14 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import Permission, User
 from django.test import AsyncClient
 
-from echo import consumers, services
+from echo import services
 from echo.consumers import EchoConsumer
 from echo.models import Broadcast
-from echo.presence import PresenceRegistry
 
-pytestmark = [pytest.mark.usefixtures("channel_layer_settings"), pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(autouse=True)
-async def registry(monkeypatch, settings):
-    settings.PRESENCE_INTERVAL = 60
-    fresh = PresenceRegistry()
-    monkeypatch.setattr(consumers, "registry", fresh)
-    yield fresh
-    await fresh.stop()
+pytestmark = [
+    pytest.mark.usefixtures("channel_layer_settings", "registry"),
+    pytest.mark.django_db(transaction=True),
+]
 
 
 async def signed_in(*permissions: str, superuser: bool = False) -> AsyncClient:

@@ -14,22 +14,16 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from echo import consumers, services
+from echo import services
 from echo.channel_layer import redacted
 from echo.consumers import EchoConsumer
 from echo.models import Broadcast
-from echo.presence import PresenceRegistry
 from tests.servers import ROOT, free_port
 
-pytestmark = [pytest.mark.usefixtures("channel_layer_settings"), pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(autouse=True)
-async def registry(monkeypatch):
-    fresh = PresenceRegistry()
-    monkeypatch.setattr(consumers, "registry", fresh)
-    yield fresh
-    await fresh.stop()
+pytestmark = [
+    pytest.mark.usefixtures("channel_layer_settings", "registry"),
+    pytest.mark.django_db(transaction=True),
+]
 
 
 async def client(path: str = "/ws/", json: bool = False) -> WebsocketCommunicator:

@@ -10,10 +10,9 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.test import Client
 
-from echo import consumers, metrics
+from echo import metrics
 from echo.channel_layer import RedisPubSubChannelLayer
 from echo.consumers import EchoConsumer
-from echo.presence import PresenceRegistry
 
 
 @pytest.fixture
@@ -47,17 +46,14 @@ async def test_a_consumer_that_falls_behind_gets_an_overflow_message_not_unbound
 
 @pytest.mark.usefixtures("channel_layer_settings")
 @pytest.mark.django_db(transaction=True)
-async def test_overflow_closes_the_connection_with_1013(monkeypatch):
+async def test_overflow_closes_the_connection_with_1013(registry):
     """A consumer told of an overflow closes with 1013, so that its client reconnects and resumes."""
-    registry = PresenceRegistry()
-    monkeypatch.setattr(consumers, "registry", registry)
     communicator = WebsocketCommunicator(EchoConsumer.as_asgi(), "/ws/")
     assert (await communicator.connect())[0]
     channel = next(iter(registry.added.values()))["channel_name"]
     await get_channel_layer().send(channel, {"type": "channel.overflow"})
     closed = await communicator.receive_output(timeout=3)
     assert (closed["code"], closed["reason"]) == (1013, "fell behind: reconnect to get the missed broadcasts")
-    await registry.stop()
 
 
 @pytest.mark.django_db

@@ -9,21 +9,14 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 
-from echo import consumers
 from echo.consumers import EchoConsumer, RawEchoConsumer
 from echo.presence import PresenceRegistry
 from echo.services import BROADCAST_MESSAGE, layer_group
 
-pytestmark = [pytest.mark.usefixtures("channel_layer_settings"), pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(autouse=True)
-async def registry(monkeypatch):
-    """A presence registry of the test's own, stopped with the test's event loop."""
-    fresh = PresenceRegistry()
-    monkeypatch.setattr(consumers, "registry", fresh)
-    yield fresh
-    await fresh.stop()
+pytestmark = [
+    pytest.mark.usefixtures("channel_layer_settings", "registry"),
+    pytest.mark.django_db(transaction=True),
+]
 
 
 async def connected(consumer, path: str) -> WebsocketCommunicator:

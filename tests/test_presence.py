@@ -8,22 +8,14 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
-from echo import consumers
 from echo.consumers import EchoConsumer
 from echo.models import Connection, ServerProcess
 from echo.presence import PresenceRegistry
 
-pytestmark = [pytest.mark.usefixtures("channel_layer_settings"), pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(autouse=True)
-async def registry(monkeypatch, settings):
-    """A registry of the test's own that flushes only when the test says so."""
-    settings.PRESENCE_INTERVAL = 60
-    fresh = PresenceRegistry()
-    monkeypatch.setattr(consumers, "registry", fresh)
-    yield fresh
-    await fresh.stop()
+pytestmark = [
+    pytest.mark.usefixtures("channel_layer_settings", "registry"),
+    pytest.mark.django_db(transaction=True),
+]
 
 
 async def connect(path="/ws/", json=False, user_agent="pytest-agent/1.0") -> WebsocketCommunicator:
