@@ -13,6 +13,7 @@
 import asyncio
 import logging
 import time
+import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 from channels_redis import pubsub
@@ -86,7 +87,23 @@ class ResilientShard(pubsub.RedisSingleShardConnection):
         self.outage = Outage(host)
         self.pending_subscribe: set[str] = set()
         self.pending_unsubscribe: set[str] = set()
+        self.patterns: set[str] = set()
+        self.pending_patterns: set[str] = set()
         self.overflowed: set[str] = set()
+
+    async def psubscribe(self, pattern: str) -> None:
+        """Subscribe to every channel matching ``pattern`` (once), now or when Redis is back."""
+        if pattern in self.patterns or pattern in self.pending_patterns:
+            return
+        async with self._lock:
+            self._ensure_redis()
+            self._ensure_receiver()
+            try:
+                await self._pubsub.psubscribe(pattern)
+                self.patterns.add(pattern)
+            except REDIS_DOWN as error:
+                self.outage.down(error)
+                self.pending_patterns.add(pattern)
 
     async def subscribe(self, channel: str) -> None:
         try:
@@ -141,6 +158,11 @@ class ResilientShard(pubsub.RedisSingleShardConnection):
     async def catch_up(self) -> None:
         """Make the subscription changes that an outage held back."""
         async with self._lock:
+            if self.pending_patterns:
+                patterns = sorted(self.pending_patterns)
+                await self._pubsub.psubscribe(*patterns)
+                self.patterns.update(patterns)
+                self.pending_patterns.difference_update(patterns)
             if self.pending_subscribe:
                 channels = sorted(self.pending_subscribe)
                 await self._pubsub.subscribe(*channels)
@@ -157,7 +179,7 @@ class ResilientShard(pubsub.RedisSingleShardConnection):
             try:
                 if self.outage.since is not None:
                     await self._redis.ping()  # raises until Redis is back
-                if self.pending_subscribe or self.pending_unsubscribe:
+                if self.pending_subscribe or self.pending_unsubscribe or self.pending_patterns:
                     await self.catch_up()
                 self.outage.up()
                 if self._pubsub and self._pubsub.subscribed:
@@ -176,12 +198,27 @@ class ResilientShard(pubsub.RedisSingleShardConnection):
 
 
 class ResilientLoopLayer(pubsub.RedisPubSubLoopLayer):
-    """channels_redis's per-event-loop pub/sub layer, on resilient shards."""
+    """channels_redis's per-event-loop pub/sub layer, on resilient shards.
+
+    Each consumer's own channel is named under this process's prefix and delivered through one
+    pattern subscription per process, where channels_redis makes a SUBSCRIBE and an
+    UNSUBSCRIBE round trip for every connection.
+    """
 
     def __init__(self, hosts=None, *args, capacity: int = DEFAULT_CAPACITY, **kwargs) -> None:
         super().__init__(hosts, *args, **kwargs)
         self.capacity = capacity
         self._shards = [ResilientShard(host, self) for host in decode_hosts(hosts)]
+        self.process_token = uuid.uuid4().hex
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        namespace = f"{self.prefix}{prefix}{self.process_token}."
+        channel = namespace + uuid.uuid4().hex
+        self.channels[channel] = asyncio.Queue()
+        # A publish goes to the shard its channel hashes to: every shard carries the pattern.
+        for shard in self._shards:
+            await shard.psubscribe(namespace + "*")
+        return channel
 
 
 class RedisPubSubChannelLayer(pubsub.RedisPubSubChannelLayer):

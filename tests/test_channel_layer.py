@@ -1,9 +1,12 @@
 """The channel layer's overflow guard, and the metrics that count what it and the consumers do."""
 
+import asyncio
 import logging
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
+import redis.asyncio
 import websockets
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
@@ -13,11 +16,20 @@ from django.test import Client
 from echo import metrics
 from echo.channel_layer import RedisPubSubChannelLayer
 from echo.consumers import EchoConsumer
+from tests.servers import RedisServer
 
 
 @pytest.fixture
-async def layer(redis_server):
-    layer = RedisPubSubChannelLayer(hosts=[{"address": redis_server.url}], capacity=3)
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server for this test alone: its PUBSUB counts are this test's."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def layer(own_redis):
+    layer = RedisPubSubChannelLayer(hosts=[{"address": own_redis.url}], capacity=3)
     yield layer
     await layer.flush()
 
@@ -88,3 +100,16 @@ async def test_metrics_count_connections_and_messages_on_a_live_server(start_dap
         "echo_slow_client_closes_total",
     ):
         assert f"# TYPE {name} counter" in text
+
+
+async def test_consumer_channels_cost_one_pattern_subscription_per_process(layer, own_redis):
+    """Twenty consumers' channels make one PSUBSCRIBE, no SUBSCRIBE each, and still get their messages."""
+    channels = [await layer.new_channel() for _ in range(20)]
+    client = redis.asyncio.Redis.from_url(own_redis.url)
+    try:
+        assert await client.pubsub_numpat() == 1
+        assert await client.pubsub_channels("asgispecific.*") == []
+    finally:
+        await client.aclose()
+    await layer.send(channels[7], {"type": "hello", "n": 7})
+    assert await asyncio.wait_for(layer.receive(channels[7]), 5) == {"type": "hello", "n": 7}
