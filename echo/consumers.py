@@ -25,8 +25,9 @@ POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
 
 
-class LoggedConsumer(AsyncWebsocketConsumer):
-    """A consumer that logs its connection's life, each line with a short id and the peer."""
+class BaseConsumer(AsyncWebsocketConsumer):
+    """What every consumer here shares: connection log lines (a short id and the peer), metrics,
+    the message rate limit, and dispatch without Channels' per-message thread hop."""
 
     async def dispatch(self, message: dict) -> None:
         """Call the handler for ``message``, on this event loop.
@@ -108,7 +109,7 @@ class LoggedConsumer(AsyncWebsocketConsumer):
         logger.info("conn=%s peer=%s closed code=%s", self.connection_id, self.peer, code)
 
 
-class EchoConsumer(LoggedConsumer):
+class EchoConsumer(BaseConsumer):
     """ws/: answer text with a greeting, echo binary, relay broadcasts; JSON with echo.json."""
 
     async def connect(self) -> None:
@@ -245,7 +246,7 @@ class EchoConsumer(LoggedConsumer):
         await self.send(text_data=protocol.encode("presence", online=online))
 
 
-class RawEchoConsumer(LoggedConsumer):
+class RawEchoConsumer(BaseConsumer):
     """ws/raw/: send back exactly what came, text or binary, the empty message included."""
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
