@@ -23,6 +23,14 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server for this test alone, to stop and start, or to count subscriptions on."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
 def channel_layers_for(redis_url: str) -> dict:
     """The project's CHANNEL_LAYERS setting, pointed at another Redis."""
     default = settings.CHANNEL_LAYERS["default"]

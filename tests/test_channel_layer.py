@@ -3,7 +3,6 @@
 import asyncio
 import logging
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 import redis.asyncio
@@ -16,15 +15,6 @@ from django.test import Client
 from echo import metrics
 from echo.channel_layer import RedisPubSubChannelLayer
 from echo.consumers import EchoConsumer
-from tests.servers import RedisServer
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A redis-server for this test alone: its PUBSUB counts are this test's."""
-    server = RedisServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 import websockets
@@ -15,17 +14,9 @@ from tests.servers import ROOT, DaphneServer, RedisServer
 
 
 @pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def outage_daphne(daphne_env: dict[str, str], own_redis: RedisServer) -> Iterator[DaphneServer]:
-    server = DaphneServer(env={**daphne_env, "REDIS_URL": own_redis.url}).start()
-    yield server
-    server.stop()
+def outage_daphne(start_daphne, own_redis: RedisServer) -> DaphneServer:
+    """A Daphne of its own on a Redis of its own, which the test stops and starts."""
+    return start_daphne(REDIS_URL=own_redis.url)
 
 
 def healthz(server: DaphneServer) -> tuple[int, dict]:
