@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.crowd import percentile
 from bench.environment import project_env, raise_file_limit
 from tests.servers import ROOT, DaphneServer, RedisServer, free_port, wait_for_port
 
@@ -44,13 +45,6 @@ def load(mode: str, url: str, *options: str, on_line=None) -> dict:
     if result is None:
         raise RuntimeError(f"{' '.join(command)} exited with {process.returncode} and no result")
     return result
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 class Reference:
