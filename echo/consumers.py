@@ -43,9 +43,7 @@ class BaseConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def websocket_disconnect(self, message: dict) -> None:
-        """Leave the groups, run disconnect() and stop; no thread hop (see dispatch)."""
-        for group in self.groups:
-            await self.channel_layer.group_discard(group, self.channel_name)
+        """Run disconnect() and stop; no thread hop (see dispatch)."""
         await self.disconnect(message["code"])
         raise StopConsumer()
 
@@ -170,7 +168,9 @@ class EchoConsumer(BaseConsumer):
             await self.send(text_data=resumed)
 
     async def disconnect(self, code: int) -> None:
-        """Count the connection out and log its end."""
+        """Leave the groups, count the connection out and log its end."""
+        for name in self.names:
+            await self.channel_layer.group_discard(services.layer_group(name), self.channel_name)
         registry.remove(self.connection_id)
         await super().disconnect(code)
 
@@ -206,9 +206,7 @@ class EchoConsumer(BaseConsumer):
             return
         if len(self.names) >= MAX_GROUPS:
             raise services.InvalidGroupName(f"a connection may be in at most {MAX_GROUPS} groups")
-        group = services.layer_group(name)
-        await self.channel_layer.group_add(group, self.channel_name)
-        self.groups.append(group)  # the base class leaves self.groups on disconnect
+        await self.channel_layer.group_add(services.layer_group(name), self.channel_name)
         self.names.append(name)
         registry.update(self.connection_id, groups=",".join(self.names))
 
@@ -218,9 +216,7 @@ class EchoConsumer(BaseConsumer):
             raise services.InvalidGroupName(f"every connection stays in {services.ALL_GROUP!r}")
         if name not in self.names:
             return
-        group = services.layer_group(name)
-        await self.channel_layer.group_discard(group, self.channel_name)
-        self.groups.remove(group)
+        await self.channel_layer.group_discard(services.layer_group(name), self.channel_name)
         self.names.remove(name)
         registry.update(self.connection_id, groups=",".join(self.names))
 

@@ -106,11 +106,12 @@ def guarded_send(
             logger.debug("dropping a send to %s: the connection is closing", protocol.client_addr)
             return
         limit = settings.WEBSOCKET_OUTBOUND_LIMIT
-        if limit and protocol.state == protocol.STATE_OPEN and unsent_bytes(protocol) > limit:
+        unsent = unsent_bytes(protocol) if limit else 0
+        if unsent > limit and protocol.state == protocol.STATE_OPEN:
             logger.warning(
                 "closing %s with 1013: %d bytes unsent, over WEBSOCKET_OUTBOUND_LIMIT=%d; it stopped reading",
                 protocol.client_addr,
-                unsent_bytes(protocol),
+                unsent,
                 limit,
             )
             # The close frame queues behind the unsent data; without a reply within autobahn's

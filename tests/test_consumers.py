@@ -234,3 +234,12 @@ async def test_messages_are_handled_without_a_thread_hop(monkeypatch):
         assert await communicator.receive_from() == f"m{n}"
     assert hops == []
     await communicator.disconnect()
+
+
+async def test_a_closed_connection_leaves_its_groups():
+    """After disconnect the layer holds no member for the connection in any of its groups."""
+    communicator = await connected(EchoConsumer, "/ws/?group=red")
+    layer = get_channel_layer()._get_layer()
+    assert layer.groups[layer._get_group_channel_name(layer_group("red"))]
+    await communicator.disconnect()
+    assert layer.groups == {}, layer.groups

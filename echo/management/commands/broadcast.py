@@ -26,7 +26,6 @@ class Command(BaseCommand):
         if not text.strip():
             raise CommandError("TEXT is empty: give the message to send.")
         try:
-            services.validate_group_name(group)
             broadcast = services.broadcast_send(text=text, group=group)
             live = services.live_connections(group=group).count()
         except (services.InvalidGroupName, services.BroadcastNotSent) as error:
