@@ -97,8 +97,10 @@ async def test_presence_rows_appear_on_connect_and_vanish_on_close(daphne, daphn
         ports = [a.local_address[1], b.local_address[1]]
         rows = await wait_rows(live_database, ports, present=True)
         assert len(set(rows.values())) == 2, "two processes, two process ids"
-        online = await next_frame_of_type(b, "presence")
-        assert online["online"] >= 2
+        # Each process counts the other's rows once that one has written them: wait for both.
+        deadline = time.monotonic() + 10
+        while (await next_frame_of_type(b, "presence", timeout=10))["online"] < 2:
+            assert time.monotonic() < deadline, "the online count never included both processes"
     await wait_rows(live_database, ports, present=False)
 
 
