@@ -2,6 +2,7 @@
 
 import os
 import resource
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -16,9 +17,16 @@ def raise_file_limit() -> None:
 
 
 def project_env(redis_url: str, **settings: str) -> dict[str, str]:
-    """Return settings for a Daphne of the project on ``redis_url`` and a new, migrated SQLite file."""
+    """Return production settings for a Daphne on ``redis_url`` and a new, migrated SQLite file."""
     database = os.path.join(tempfile.mkdtemp(prefix="bench-db-"), "bench.sqlite3")
-    env = {"REDIS_URL": redis_url, "DATABASE_URL": f"sqlite:///{database}", **settings}
+    env = {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": f"sqlite:///{database}",
+        # As in production: no debug (Django records every SQL query with it on).
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        **settings,
+    }
     command = [sys.executable, "manage.py", "migrate", "-v", "0"]
     subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, check=True)
     return env

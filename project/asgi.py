@@ -9,14 +9,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 from echo import metrics  # noqa: E402
 from echo.auth import AuthMiddlewareStack  # noqa: E402
 from echo.origin import AllowedHostsOriginValidator  # noqa: E402
 from echo.presence import registry  # noqa: E402
 from echo.routing import websocket_urlpatterns  # noqa: E402
-from project import daphne_fixes  # noqa: E402
+from project import daphne_fixes, daphne_speedups  # noqa: E402
 
+daphne_speedups.apply(event_loop=settings.EVENT_LOOP)
 daphne_fixes.apply(on_shutdown=[registry.shutdown], on_slow_client=metrics.slow_client_closes.inc)
 
 application = ProtocolTypeRouter(

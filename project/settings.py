@@ -167,6 +167,13 @@ else:
     sys.stderr.write(f"CHANNEL_LAYER must be pubsub or core, not {CHANNEL_LAYER!r}.\n")
     raise SystemExit(2)
 
+# The event loop Daphne's Twisted reactor runs on: "uvloop" (the default, faster: README,
+# Performance) or "asyncio" (Python's own, as stock Daphne).
+EVENT_LOOP = os.environ.get("EVENT_LOOP", "uvloop")
+if EVENT_LOOP not in ("uvloop", "asyncio"):
+    sys.stderr.write(f"EVENT_LOOP must be uvloop or asyncio, not {EVENT_LOOP!r}.\n")
+    raise SystemExit(2)
+
 # Messages a consumer may have waiting in the layer; past that they are dropped, counted,
 # logged, and the connection is closed with 1013 so that its client resumes them.
 CHANNEL_CAPACITY = env_int("CHANNEL_CAPACITY", 500)

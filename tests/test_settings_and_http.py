@@ -32,6 +32,19 @@ def test_production_refuses_to_start_without_a_secret_key():
     assert "Traceback" not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "line"),
+    [
+        ("CHANNEL_LAYER", "kafka", "CHANNEL_LAYER must be pubsub or core, not 'kafka'."),
+        ("EVENT_LOOP", "trio", "EVENT_LOOP must be uvloop or asyncio, not 'trio'."),
+    ],
+)
+def test_an_unknown_choice_is_refused_in_one_line(name, value, line):
+    result = manage("check", env={name: value})
+    assert result.returncode == 2
+    assert result.stderr.strip() == line
+
+
 def test_settings_follow_the_environment():
     """DJANGO_ALLOWED_HOSTS, DJANGO_DEBUG, DATABASE_URL and REDIS_URL are read from the environment."""
     code = (

@@ -1,0 +1,80 @@
+"""project.daphne_speedups: pinned with the libraries it reaches into, and Daphne really on uvloop."""
+
+import asyncio
+import logging
+import re
+import threading
+
+import autobahn
+import autobahn.websocket.protocol
+import pytest
+import twisted
+import uvloop
+from twisted.internet import asyncioreactor
+
+from project import daphne_speedups
+from tests.servers import ROOT
+
+
+def pinned(name: str) -> str:
+    return re.search(rf"(?mi)^{name}==(\S+)$", (ROOT / "requirements.txt").read_text()).group(1)
+
+
+def test_speedups_are_written_for_the_pinned_libraries():
+    """An autobahn or Twisted upgrade in requirements.txt must come with a fresh look at them."""
+    assert daphne_speedups.AUTOBAHN_WRITTEN_FOR == pinned("autobahn") == autobahn.__version__
+    assert daphne_speedups.TWISTED_WRITTEN_FOR == pinned("Twisted") == twisted.__version__
+
+
+def test_autobahn_is_left_alone_in_another_version(monkeypatch, caplog):
+    monkeypatch.setattr(autobahn.websocket.protocol, "pformat", autobahn.websocket.protocol.pformat)
+    original = autobahn.websocket.protocol.pformat
+    monkeypatch.setattr(autobahn, "__version__", "99.0")
+    with caplog.at_level(logging.WARNING, logger="project.daphne_speedups"):
+        assert daphne_speedups.cheap_autobahn_option_dump() is False
+    assert autobahn.websocket.protocol.pformat is original
+    assert "autobahn 99.0 is not" in caplog.text
+
+
+def test_a_moved_reactor_keeps_its_waker_timers_and_threads_on_uvloop():
+    """The waker (how signals reach the reactor: SIGTERM's graceful shutdown), timers and calls
+    from threads all work on the new loop (tests/test_shutdown_live.py sends the real SIGTERM)."""
+    stock = asyncio.new_event_loop()
+    reactor = asyncioreactor.AsyncioSelectorReactor(stock)
+    assert daphne_speedups.move_to_uvloop(reactor) is True
+    assert isinstance(reactor._asyncioEventloop, uvloop.Loop)
+    assert stock.is_closed()
+    seen = []
+
+    def from_thread() -> None:
+        seen.append(("thread", threading.get_ident() == main))
+        reactor.callLater(0.05, finish)
+
+    def finish() -> None:
+        seen.append(("timer", reactor._asyncioEventloop.is_running()))
+        reactor.stop()
+
+    main = threading.get_ident()
+    reactor.callLater(0, lambda: threading.Thread(target=reactor.callFromThread, args=(from_thread,)).start())
+    reactor.callLater(10, reactor.stop)  # a bound, should the waker be lost
+    reactor.run(installSignalHandlers=False)
+    assert seen == [("thread", True), ("timer", True)]
+    assert reactor.getReaders() == [reactor.waker]
+    reactor._asyncioEventloop.close()
+
+
+def test_a_running_reactor_is_not_moved(caplog):
+    stock = asyncio.new_event_loop()
+    reactor = asyncioreactor.AsyncioSelectorReactor(stock)
+    reactor.callLater(1, lambda: None)  # something already scheduled on the stock loop
+    with caplog.at_level(logging.WARNING, logger="project.daphne_speedups"):
+        assert daphne_speedups.move_to_uvloop(reactor) is False
+    assert reactor._asyncioEventloop is stock
+    assert "stays on the stock asyncio loop" in caplog.text
+    stock.close()
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_daphne_says_which_loop_it_runs_on(start_daphne, loop):
+    daphne = start_daphne(EVENT_LOOP=loop)
+    assert f"event loop: {loop}" in daphne.log()
