@@ -3,15 +3,18 @@
     .venv/bin/python -m bench [--rounds 3] [--seconds 5] [--idle 10000] [--hold 60] [--skip idle]
 
 Starts a private redis-server, the project under Daphne (as in production: `daphne -v 0`,
-WEBSOCKET_RATE=0 so that the load is not rate-limited) and the reference server
-(bench/reference_server.py), and drives them from separate load processes (bench/load.py:
-picows on uvloop), alternating the servers round by round so that a noisy machine shows as
-spread. Measures echo (50 closed-loop clients, 32-byte text) on ws/, ws/raw/ and the
-reference; connection churn (connect, one echo, close; 50 workers); broadcast fan-out to
+DJANGO_DEBUG=0, WEBSOCKET_RATE=0 so that the load is not rate-limited), the stock stack
+(bench/stock_asgi.py: the Channels tutorial's consumer under stock Daphne) and the reference
+server (bench/reference_server.py), and drives them from separate load processes
+(bench/load.py: picows on uvloop), alternating the servers round by round so that a noisy
+machine shows as spread. Measures echo (50 closed-loop clients, 32-byte text) on ws/, ws/raw/,
+the stock stack and the reference; connection churn (connect, one echo, close; 50 workers) on
+ws/, the stock stack and the reference; broadcast fan-out to
 1,000 clients (bench/fanout.py); memory per idle connection with 10,000 held for a minute;
 and echo through nginx (deploy/nginx.conf) in front of one Daphne, then two. Prints a table
 with the reference beside the project and their ratio, and writes a PNG chart of the echo
-round-trip distribution to artifacts/bench.png.
+round-trip distribution to artifacts/bench.png. "x stock" is the project over the stock stack,
+"ratio" the project over the reference.
 """
 
 import argparse
@@ -23,12 +26,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from bench.crowd import percentile
 from bench.environment import project_env, raise_file_limit
 from tests.servers import ROOT, DaphneServer, RedisServer, free_port, wait_for_port
 
 CHART = ROOT / "artifacts" / "bench.png"
+
+
+class Row(NamedTuple):
+    """One line of the result table."""
+
+    figure: str
+    project: str
+    reference: str = ""
+    ratio: str = ""  # project / reference, or a note
+    stock: str = ""
+    x_stock: str = ""  # project / stock
 
 
 def load(mode: str, url: str, *options: str, on_line=None) -> dict:
@@ -104,15 +119,21 @@ def main() -> None:
     redis = RedisServer().start()
     env = project_env(redis.url, LOG_LEVEL="WARNING", WEBSOCKET_RATE="0")
     daphne = DaphneServer(env=env, args=["-v", "0"]).start()
+    stock = DaphneServer(
+        env={"REDIS_URL": redis.url, "DJANGO_SETTINGS_MODULE": "bench.stock_settings"},
+        args=["-v", "0"],
+        app="bench.stock_asgi:application",
+    ).start()
     reference = Reference()
     targets = {
         "ws/": daphne.ws_url + "/ws/",
         "ws/raw/": daphne.ws_url + "/ws/raw/",
+        "stock": stock.ws_url + "/ws/",
         "reference": reference.url,
     }
     echo = {name: {"rates": [], "rtts": []} for name in targets}
-    churn = {name: [] for name in ("ws/", "reference")}
-    rows: list[tuple[str, str, str, str]] = []
+    churn = {name: [] for name in ("ws/", "stock", "reference")}
+    rows: list[Row] = []
     try:
         for round_number in range(1, args.rounds + 1):
             if "echo" not in args.skip:
@@ -141,31 +162,44 @@ def main() -> None:
                     )
 
         if "echo" not in args.skip:
-            reference_rate = statistics.median(echo["reference"]["rates"])
-            for name in targets:
-                rate = statistics.median(echo[name]["rates"])
+            rate = {name: statistics.median(data["rates"]) for name, data in echo.items()}
+
+            def p50_p99(name: str) -> str:
                 rtts = echo[name]["rtts"]
+                return f"{percentile(rtts, 50):.2f} / {percentile(rtts, 99):.2f}"
+
+            for name in ("ws/", "ws/raw/"):
                 rows.append(
-                    (
+                    Row(
                         f"echo {name} msg/s (median of {args.rounds})",
-                        f"{rate:,.0f}",
-                        f"{reference_rate:,.0f}",
-                        f"{rate / reference_rate:.2f}",
+                        f"{rate[name]:,.0f}",
+                        f"{rate['reference']:,.0f}",
+                        f"{rate[name] / rate['reference']:.2f}",
+                        f"{rate['stock']:,.0f}",
+                        f"{rate[name] / rate['stock']:.2f}",
                     )
                 )
                 rows.append(
-                    (
+                    Row(
                         f"echo {name} round trip p50 / p99 ms",
-                        f"{percentile(rtts, 50):.2f} / {percentile(rtts, 99):.2f}",
-                        f"{percentile(echo['reference']['rtts'], 50):.2f} / "
-                        f"{percentile(echo['reference']['rtts'], 99):.2f}",
-                        "",
+                        p50_p99(name),
+                        p50_p99("reference"),
+                        stock=p50_p99("stock"),
                     )
                 )
             chart(echo)
         if "churn" not in args.skip:
-            ours, theirs = statistics.median(churn["ws/"]), statistics.median(churn["reference"])
-            rows.append(("churn ws/ connections/s", f"{ours:,.0f}", f"{theirs:,.0f}", f"{ours / theirs:.2f}"))
+            ours, theirs, stocks = (statistics.median(churn[name]) for name in ("ws/", "reference", "stock"))
+            rows.append(
+                Row(
+                    f"churn ws/ connections/s (median of {args.rounds})",
+                    f"{ours:,.0f}",
+                    f"{theirs:,.0f}",
+                    f"{ours / theirs:.2f}",
+                    f"{stocks:,.0f}",
+                    f"{ours / stocks:.2f}",
+                )
+            )
         if "fanout" not in args.skip:
             os.environ.update(env, DJANGO_SETTINGS_MODULE="project.settings", CHANNEL_LAYER="pubsub")
             import django
@@ -178,7 +212,7 @@ def main() -> None:
                 fanout("pubsub", targets["ws/"], args.fanout_clients, args.broadcasts, "bench")
             )
             rows.append(
-                (
+                Row(
                     f"fan-out to {args.fanout_clients}: first→last p50 / p99 ms",
                     f"{percentile(result.first_to_last, 50):.0f} / "
                     f"{percentile(result.first_to_last, 99):.0f}",
@@ -187,7 +221,7 @@ def main() -> None:
                 )
             )
             rows.append(
-                (
+                Row(
                     "fan-out: send→last p50 / p99 ms",
                     f"{percentile(result.send_to_last, 50):.0f} / {percentile(result.send_to_last, 99):.0f}",
                     "",
@@ -200,7 +234,7 @@ def main() -> None:
             print(f"idle: {args.idle} connections on the reference", flush=True)
             theirs = idle_memory(targets["reference"], reference.rss, args.idle, args.hold)
             rows.append(
-                (
+                Row(
                     f"idle: KB per connection ({args.idle:,} held {args.hold:.0f} s)",
                     f"{ours['per_connection'] / 1000:.1f}",
                     f"{theirs['per_connection'] / 1000:.1f}",
@@ -208,7 +242,7 @@ def main() -> None:
                 )
             )
             rows.append(
-                (
+                Row(
                     "idle: opened / failed / dropped",
                     f"{ours['opened']} / {ours['failed']} / {ours['dropped']}",
                     f"{theirs['opened']} / {theirs['failed']} / {theirs['dropped']}",
@@ -219,18 +253,22 @@ def main() -> None:
             rows.extend(scale(daphne, env, args))
     finally:
         reference.stop()
+        stock.stop()
         daphne.stop()
         redis.stop()
 
     print()
-    width = max(len(row[0]) for row in rows) + 2 if rows else 10
-    print(f"{'figure':<{width}}{'project':>16}{'reference':>16}{'ratio':>10}")
-    for figure, ours, theirs, ratio in rows:
-        print(f"{figure:<{width}}{ours:>16}{theirs:>16}{ratio:>10}")
+    width = max(len(row.figure) for row in rows) + 2 if rows else 10
+    print(f"{'figure':<{width}}{'project':>16}{'stock':>16}{'x stock':>9}{'reference':>16}{'ratio':>10}")
+    for row in rows:
+        print(
+            f"{row.figure:<{width}}{row.project:>16}{row.stock:>16}{row.x_stock:>9}"
+            f"{row.reference:>16}{row.ratio:>10}"
+        )
     print(f"took {time.monotonic() - began:.0f} s")
 
 
-def scale(daphne: DaphneServer, env: dict, args) -> list[tuple[str, str, str, str]]:
+def scale(daphne: DaphneServer, env: dict, args) -> list[Row]:
     """Echo msg/s through nginx in front of one Daphne, then of two; return the table rows."""
     from deploy.cluster import start_nginx
 
@@ -258,8 +296,10 @@ def scale(daphne: DaphneServer, env: dict, args) -> list[tuple[str, str, str, st
         second.stop()
     one, two = (statistics.median(rates[name]) for name in proxies)
     return [
-        ("echo ws/ through nginx, 1 Daphne msg/s", f"{one:,.0f}", "", ""),
-        ("echo ws/ through nginx, 2 Daphnes msg/s", f"{two:,.0f}", "", f"{two / one:.2f}"),
+        Row("echo ws/ through nginx, 1 Daphne msg/s", f"{one:,.0f}"),
+        Row(
+            "echo ws/ through nginx, 2 Daphnes msg/s (ratio: 2 vs 1)", f"{two:,.0f}", ratio=f"{two / one:.2f}"
+        ),
     ]
 
 

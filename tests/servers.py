@@ -73,15 +73,21 @@ class RedisServer:
 
 
 class DaphneServer:
-    """``daphne project.asgi:application`` in a subprocess, its output kept in a log file."""
+    """``daphne project.asgi:application`` (or ``app``) in a subprocess, its output kept in a log file."""
 
     def __init__(
-        self, *, env: dict[str, str], tls: tuple[Path, Path] | None = None, args: list[str] = ()
+        self,
+        *,
+        env: dict[str, str],
+        tls: tuple[Path, Path] | None = None,
+        args: list[str] = (),
+        app: str = "project.asgi:application",
     ) -> None:
         self.port = free_port()
         self.env = {**os.environ, **env}
         self.tls = tls  # (certificate, private key): serve https and wss
         self.args = list(args)  # more daphne command-line options
+        self.app = app
         self.log_path = Path(tempfile.mkstemp(prefix="test-daphne-", suffix=".log")[1])
         self.process: subprocess.Popen | None = None
 
@@ -99,7 +105,7 @@ class DaphneServer:
             listen = ["-e", f"ssl:{self.port}:interface=127.0.0.1:privateKey={key}:certKey={certificate}"]
         else:
             listen = ["-b", "127.0.0.1", "-p", str(self.port)]
-        command = [str(VENV_BIN / "daphne"), *listen, *self.args, "project.asgi:application"]
+        command = [str(VENV_BIN / "daphne"), *listen, *self.args, self.app]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command,
