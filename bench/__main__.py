@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -268,8 +269,25 @@ def main() -> None:
     print(f"took {time.monotonic() - began:.0f} s")
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """Return the CPU time the processes ``pids`` and their children still running have used."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = path.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        stats[int(path.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    return sum(used for pid, (parent, used) in stats.items() if pid in pids or parent in pids)
+
+
 def scale(daphne: DaphneServer, env: dict, args) -> list[Row]:
-    """Echo msg/s through nginx in front of one Daphne, then of two; return the table rows."""
+    """Echo msg/s through nginx in front of one Daphne, then of two; return the table rows.
+
+    Also where the CPU went during the load (% of one core: Daphnes, nginx, load generator),
+    since on a small machine the proxy and the load share the cores with the Daphnes.
+    """
     from deploy.cluster import start_nginx
 
     second = DaphneServer(env=env, args=["-v", "0"]).start()
@@ -280,10 +298,16 @@ def scale(daphne: DaphneServer, env: dict, args) -> list[Row]:
             proxies[name] = (port, start_nginx(listen=port, upstream_ports=ports))
             wait_for_port(port, proxies[name][1], "nginx")
         rates: dict[str, list[float]] = {name: [] for name in proxies}
+        cpu = {name: {"Daphnes": 0.0, "nginx": 0.0, "load": 0.0, "wall": 0.0} for name in proxies}
+        daphnes = [daphne.process.pid, second.process.pid]
         for round_number in range(1, args.rounds + 1):
-            for name, (port, _) in proxies.items():
+            for name, (port, nginx) in proxies.items():
                 url = f"ws://127.0.0.1:{port}/ws/"
+                before = (cpu_seconds(daphnes), cpu_seconds([nginx.pid]), children_cpu(), time.monotonic())
                 result = load("echo", url, "--clients", str(args.clients * 2), "--seconds", str(args.seconds))
+                after = (cpu_seconds(daphnes), cpu_seconds([nginx.pid]), children_cpu(), time.monotonic())
+                for key, start, end in zip(cpu[name], before, after, strict=True):
+                    cpu[name][key] += end - start
                 rates[name].append(result["rate"])
                 print(
                     f"round {round_number}/{args.rounds} nginx + {name:<12} {result['rate']:>9,.0f} msg/s",
@@ -295,12 +319,33 @@ def scale(daphne: DaphneServer, env: dict, args) -> list[Row]:
             nginx.wait(timeout=10)
         second.stop()
     one, two = (statistics.median(rates[name]) for name in proxies)
+
+    def per_core(name: str) -> float:
+        return sum(rates[name]) * args.seconds / max(cpu[name]["Daphnes"], 0.001)
+
+    def shares(name: str) -> str:
+        used = cpu[name]
+        return " / ".join(f"{100 * used[key] / used['wall']:.0f}" for key in ("Daphnes", "nginx", "load"))
+
     return [
         Row("echo ws/ through nginx, 1 Daphne msg/s", f"{one:,.0f}"),
         Row(
             "echo ws/ through nginx, 2 Daphnes msg/s (ratio: 2 vs 1)", f"{two:,.0f}", ratio=f"{two / one:.2f}"
         ),
+        Row("CPU % Daphnes / nginx / load, 1 Daphne", shares("1 process")),
+        Row("CPU % Daphnes / nginx / load, 2 Daphnes", shares("2 processes")),
+        Row(
+            "msg/s per core of Daphne CPU, 1 / 2 Daphnes (ratio: 2 vs 1)",
+            f"{per_core('1 process'):,.0f} / {per_core('2 processes'):,.0f}",
+            ratio=f"{per_core('2 processes') / per_core('1 process'):.2f}",
+        ),
     ]
+
+
+def children_cpu() -> float:
+    """Return the CPU time of this process's finished children (the load processes)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def chart(echo: dict) -> None:
