@@ -48,19 +48,26 @@ class Row(NamedTuple):
 
 
 def load(mode: str, url: str, *options: str, on_line=None) -> dict:
-    """Run bench/load.py in a process of its own and return its JSON result."""
-    command = [sys.executable, "-m", "bench.load", mode, url, *options]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    result = None
-    for line in process.stdout:
-        if line.startswith("{"):
-            result = json.loads(line)
-        elif on_line is not None:
-            on_line(line.strip())
-    process.wait()
-    if result is None:
-        raise RuntimeError(f"{' '.join(command)} exited with {process.returncode} and no result")
-    return result
+    """Run bench/load.py in a process of its own and return its JSON result (one retry)."""
+    for attempt in (1, 2):
+        command = [sys.executable, "-m", "bench.load", mode, url, *options]
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        result, problem = None, "no result"
+        for line in process.stdout:
+            if line.startswith("{"):
+                try:
+                    result = json.loads(line)
+                except json.JSONDecodeError as error:
+                    problem = f"an unreadable result ({len(line)} characters: {error})"
+            elif on_line is not None:
+                on_line(line.strip())
+        process.wait()
+        if result is not None:
+            return result
+        print(
+            f"  load {mode} {url}: exit {process.returncode} with {problem} (attempt {attempt})", flush=True
+        )
+    raise RuntimeError(f"{' '.join(command)} failed twice")
 
 
 class Reference:

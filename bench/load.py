@@ -92,7 +92,7 @@ async def echo(url: str, clients: int, seconds: float, size: int) -> dict:
     elapsed = time.perf_counter() - started
     for transport, _ in transports:
         transport.disconnect()
-    return {"messages": len(rtts), "rate": len(rtts) / elapsed, "rtt_ms": [r * 1000 for r in rtts]}
+    return {"messages": len(rtts), "rate": len(rtts) / elapsed, "rtt_ms": [round(r * 1000, 4) for r in rtts]}
 
 
 async def churn(url: str, workers: int, seconds: float) -> dict:
