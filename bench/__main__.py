@@ -25,6 +25,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -50,23 +51,20 @@ class Row(NamedTuple):
 def load(mode: str, url: str, *options: str, on_line=None) -> dict:
     """Run bench/load.py in a process of its own and return its JSON result (one retry)."""
     for attempt in (1, 2):
-        command = [sys.executable, "-m", "bench.load", mode, url, *options]
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        result, problem = None, "no result"
-        for line in process.stdout:
-            if line.startswith("{"):
-                try:
-                    result = json.loads(line)
-                except json.JSONDecodeError as error:
-                    problem = f"an unreadable result ({len(line)} characters: {error})"
-            elif on_line is not None:
-                on_line(line.strip())
-        process.wait()
-        if result is not None:
-            return result
-        print(
-            f"  load {mode} {url}: exit {process.returncode} with {problem} (attempt {attempt})", flush=True
-        )
+        with tempfile.TemporaryDirectory(prefix="bench-load-") as folder:
+            result_file = Path(folder) / "result.json"
+            command = [sys.executable, "-m", "bench.load", mode, url, *options, "--result", str(result_file)]
+            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            for line in process.stdout:
+                if on_line is not None:
+                    on_line(line.strip())
+            process.wait()
+            try:
+                return json.loads(result_file.read_text())
+            except (OSError, json.JSONDecodeError) as error:
+                print(
+                    f"  load {mode} {url}: exit {process.returncode}, no result ({error}); attempt {attempt}"
+                )
     raise RuntimeError(f"{' '.join(command)} failed twice")
 
 

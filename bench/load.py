@@ -4,9 +4,10 @@
     python -m bench.load churn URL [--workers 50] [--seconds 5]
     python -m bench.load idle  URL [--connections 10000] [--hold 60]
 
-picows clients on uvloop, so that the load costs as little CPU as the machine allows. Prints
-one JSON object on stdout at the end (idle also prints "OPEN n" once every connection is up,
-so that the caller can measure the server's memory then); progress goes to stderr.
+picows clients on uvloop, so that the load costs as little CPU as the machine allows. Writes
+one JSON object at the end, to stdout or to the --result file (a result of a few hundred KB
+once arrived cut short through the pipe). idle also prints "OPEN n" once every connection is
+up, so that the caller can measure the server's memory then; progress goes to stderr.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
 
 import uvloop
 from picows import WSCloseCode, WSListener, WSMsgType, WSTransport, ws_connect
@@ -161,6 +163,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--hold", type=float, default=60)
+    parser.add_argument("--result", type=Path, help="write the JSON result to this file, not stdout")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -170,7 +173,11 @@ def main() -> None:
         run = churn(args.url, args.workers, args.seconds)
     else:
         run = idle(args.url, args.connections, args.hold)
-    print(json.dumps(uvloop.run(run)), flush=True)
+    result = json.dumps(uvloop.run(run))
+    if args.result is None:
+        print(result, flush=True)
+    else:
+        args.result.write_text(result)
 
 
 if __name__ == "__main__":
