@@ -2,19 +2,19 @@
 
     .venv/bin/python -m bench [--rounds 3] [--seconds 5] [--idle 10000] [--hold 60] [--skip idle]
 
-Starts a private redis-server, the project under Daphne (as in production: `daphne -v 0`,
-DJANGO_DEBUG=0, WEBSOCKET_RATE=0 so that the load is not rate-limited), the stock stack
-(bench/stock_asgi.py: the Channels tutorial's consumer under stock Daphne) and the reference
-server (bench/reference_server.py), and drives them from separate load processes
-(bench/load.py: picows on uvloop), alternating the servers round by round so that a noisy
-machine shows as spread. Measures echo (50 closed-loop clients, 32-byte text) on ws/, ws/raw/,
-the stock stack and the reference; connection churn (connect, one echo, close; 50 workers) on
-ws/, the stock stack and the reference; broadcast fan-out to
-1,000 clients (bench/fanout.py); memory per idle connection with 10,000 held for a minute;
-and echo through nginx (deploy/nginx.conf) in front of one Daphne, then two. Prints a table
-with the reference beside the project and their ratio, and writes a PNG chart of the echo
-round-trip distribution to artifacts/bench.png. "x stock" is the project over the stock stack,
-"ratio" the project over the reference.
+Starts a private redis-server and four servers: the project under Daphne (as in production:
+`daphne -v 0`, DJANGO_DEBUG=0, and WEBSOCKET_RATE=0 so that the load is not rate-limited); the
+stock stack (bench/stock_asgi.py: the Channels tutorial's consumer under stock Daphne); bare
+Daphne (bench/bare_asgi.py: stock Daphne with a plain ASGI app, no Django or Channels, the
+ceiling for any app under stock Daphne); and the reference (bench/reference_server.py: a plain
+`websockets` server). Drives them from separate load processes (bench/load.py: picows on
+uvloop), alternating the servers round by round so that a noisy machine shows as spread.
+Measures echo (50 closed-loop clients, 32-byte text) and connection churn (connect, one echo,
+close; 50 workers) on each; broadcast fan-out to 1,000 clients (bench/fanout.py); memory per
+idle connection with 10,000 held for a minute; and echo through nginx (deploy/nginx.conf) in
+front of one Daphne, then two. Prints a table and writes a PNG chart of the echo round-trip
+distribution to artifacts/bench.png. "x stock" is the project over the stock stack, "ratio"
+the project over the reference.
 """
 
 import argparse
@@ -46,6 +46,7 @@ class Row(NamedTuple):
     ratio: str = ""  # project / reference, or a note
     stock: str = ""
     x_stock: str = ""  # project / stock
+    bare: str = ""  # bare Daphne
 
 
 def load(mode: str, url: str, *options: str, on_line=None) -> dict:
@@ -130,15 +131,17 @@ def main() -> None:
         args=["-v", "0"],
         app="bench.stock_asgi:application",
     ).start()
+    bare = DaphneServer(env={}, args=["-v", "0"], app="bench.bare_asgi:application").start()
     reference = Reference()
     targets = {
         "ws/": daphne.ws_url + "/ws/",
         "ws/raw/": daphne.ws_url + "/ws/raw/",
         "stock": stock.ws_url + "/ws/",
+        "bare Daphne": bare.ws_url + "/ws/",
         "reference": reference.url,
     }
     echo = {name: {"rates": [], "rtts": []} for name in targets}
-    churn = {name: [] for name in ("ws/", "stock", "reference")}
+    churn = {name: [] for name in ("ws/", "stock", "bare Daphne", "reference")}
     rows: list[Row] = []
     try:
         for round_number in range(1, args.rounds + 1):
@@ -183,6 +186,7 @@ def main() -> None:
                         f"{rate[name] / rate['reference']:.2f}",
                         f"{rate['stock']:,.0f}",
                         f"{rate[name] / rate['stock']:.2f}",
+                        f"{rate['bare Daphne']:,.0f}",
                     )
                 )
                 rows.append(
@@ -191,11 +195,14 @@ def main() -> None:
                         p50_p99(name),
                         p50_p99("reference"),
                         stock=p50_p99("stock"),
+                        bare=p50_p99("bare Daphne"),
                     )
                 )
             chart(echo)
         if "churn" not in args.skip:
-            ours, theirs, stocks = (statistics.median(churn[name]) for name in ("ws/", "reference", "stock"))
+            ours, theirs, stocks, bares = (
+                statistics.median(churn[name]) for name in ("ws/", "reference", "stock", "bare Daphne")
+            )
             rows.append(
                 Row(
                     f"churn ws/ connections/s (median of {args.rounds})",
@@ -204,6 +211,7 @@ def main() -> None:
                     f"{ours / theirs:.2f}",
                     f"{stocks:,.0f}",
                     f"{ours / stocks:.2f}",
+                    f"{bares:,.0f}",
                 )
             )
         if "fanout" not in args.skip:
@@ -260,15 +268,19 @@ def main() -> None:
     finally:
         reference.stop()
         stock.stop()
+        bare.stop()
         daphne.stop()
         redis.stop()
 
     print()
     width = max(len(row.figure) for row in rows) + 2 if rows else 10
-    print(f"{'figure':<{width}}{'project':>16}{'stock':>16}{'x stock':>9}{'reference':>16}{'ratio':>10}")
+    print(
+        f"{'figure':<{width}}{'project':>16}{'stock':>16}{'x stock':>9}{'bare Daphne':>16}"
+        f"{'reference':>16}{'ratio':>10}"
+    )
     for row in rows:
         print(
-            f"{row.figure:<{width}}{row.project:>16}{row.stock:>16}{row.x_stock:>9}"
+            f"{row.figure:<{width}}{row.project:>16}{row.stock:>16}{row.x_stock:>9}{row.bare:>16}"
             f"{row.reference:>16}{row.ratio:>10}"
         )
     print(f"took {time.monotonic() - began:.0f} s")
