@@ -13,6 +13,10 @@ written for (tests/test_daphne_fixes.py fails if Daphne changes underneath):
 - ``settings.WEBSOCKET_MAX_MESSAGE_SIZE`` is the size limit, and a message over it, invalid
   UTF-8 or a protocol violation get a close frame (1009, 1007, 1002) before the TCP
   connection ends, instead of a bare disconnect;
+- a client gets at least a second to answer the server's close frame: autobahn's 1-second
+  close-handshake timeout runs on txaio's batched timer, which rounds deadlines down to a
+  whole second, so the wait was anywhere from 0 to 1 s and a prompt client could be cut off
+  (its consumer told 1006, not the close code);
 - a send that races the closing handshake is dropped, not raised into the application
   (autobahn raises ``Disconnected``; Daphne logged a traceback and killed the consumer);
 - a client that stops reading cannot make the server buffer without bound: once more than
@@ -46,6 +50,9 @@ WRITTEN_FOR = "4.2.3"
 SHUTDOWN_GRACE = 5.0
 GOING_AWAY = 1001
 TRY_AGAIN_LATER = 1013
+# Seconds autobahn waits for the answer to a close frame; its timer rounds down to a whole
+# second, so the real wait is between this minus one and this.
+CLOSE_HANDSHAKE_TIMEOUT = 2
 
 _applied = False
 
@@ -185,6 +192,7 @@ def protocol_options() -> dict:
     return {
         "echoCloseCodeReason": True,
         "failByDrop": False,
+        "closeHandshakeTimeout": CLOSE_HANDSHAKE_TIMEOUT,
         "maxMessagePayloadSize": limit,
         "maxFramePayloadSize": limit,
     }

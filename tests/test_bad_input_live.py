@@ -1,9 +1,11 @@
 """Bad input from a client gets a close frame with the right code and reason, never a bare reset."""
 
 import asyncio
+import contextlib
 import os
 import socket
 import struct
+import time
 
 import pytest
 import websockets
@@ -96,3 +98,36 @@ async def test_a_person_typing_is_never_limited(daphne):
             await ws.send(f"typed {n}")
             assert await ws.recv() == f"Server: Hello. You said: typed {n}"
             await asyncio.sleep(0.1)
+
+
+def test_a_client_that_answers_a_close_late_still_completes_the_closing_handshake(daphne):
+    """The server waits at least a second for the client's answer to its close frame.
+
+    autobahn's close-handshake timeout runs on txaio's batched timer, which rounds the deadline
+    down to a whole second: a close sent at .8 s was given up 0.2 s later, the TCP connection
+    cut and the consumer told 1006. The close is sent at .8 s here and answered 0.4 s later.
+    """
+    while not 0.78 <= time.time() % 1 < 0.8:
+        time.sleep(0.005)
+    with socket.create_connection(("127.0.0.1", daphne.port), timeout=5) as sock:
+        peer = f"127.0.0.1:{sock.getsockname()[1]}"
+        sock.sendall(HANDSHAKE.format(path="/ws/?group=no%20spaces").encode())
+        received = b""
+        while b"\x88" not in received.partition(b"\r\n\r\n")[2]:  # the server's close frame
+            chunk = sock.recv(4096)
+            assert chunk, "the server cut the connection without a close frame"
+            received += chunk
+        sock.settimeout(0.4)
+        try:
+            cut = sock.recv(4096) == b""
+        except TimeoutError:
+            cut = False  # still open, waiting for the answer
+        except ConnectionResetError:
+            cut = True
+        assert not cut, "the server cut the connection before the client answered its close"
+        sock.settimeout(5)
+        sock.sendall(frame(0x8, struct.pack("!H", 1008)))
+        with contextlib.suppress(ConnectionResetError):  # autobahn ends it with a reset
+            while sock.recv(4096):
+                pass  # the server ends the TCP connection once the handshake is complete
+    assert f"peer={peer} closed code=1008" in daphne.wait_for_log(f"peer={peer} closed code=")
