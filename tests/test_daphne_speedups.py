@@ -26,6 +26,15 @@ def test_speedups_are_written_for_the_pinned_libraries():
     assert daphne_speedups.TWISTED_WRITTEN_FOR == pinned("Twisted") == twisted.__version__
 
 
+def test_autobahn_dumps_its_options_in_one_cheap_line(monkeypatch):
+    """The per-connection debug dump is computed in C (repr), the same text on one line."""
+    monkeypatch.setattr(autobahn.websocket.protocol, "pformat", autobahn.websocket.protocol.pformat)
+    assert daphne_speedups.cheap_autobahn_option_dump() is True
+    options = [("openHandshakeTimeout", 5, "WebSocketServerFactory")] * 40
+    assert autobahn.websocket.protocol.pformat is repr
+    assert autobahn.websocket.protocol.pformat(options) == repr(options)
+
+
 def test_autobahn_is_left_alone_in_another_version(monkeypatch, caplog):
     monkeypatch.setattr(autobahn.websocket.protocol, "pformat", autobahn.websocket.protocol.pformat)
     original = autobahn.websocket.protocol.pformat
