@@ -64,7 +64,8 @@ def load(mode: str, url: str, *options: str, on_line=None) -> dict:
                 return json.loads(result_file.read_text())
             except (OSError, json.JSONDecodeError) as error:
                 print(
-                    f"  load {mode} {url}: exit {process.returncode}, no result ({error}); attempt {attempt}"
+                    f"  load {mode} {url}: exit {process.returncode}, no result ({error}); attempt {attempt}",
+                    flush=True,
                 )
     raise RuntimeError(f"{' '.join(command)} failed twice")
 

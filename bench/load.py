@@ -6,20 +6,21 @@
 
 picows clients on uvloop, so that the load costs as little CPU as the machine allows. Writes
 one JSON object at the end, to stdout or to the --result file (a result of a few hundred KB
-once arrived cut short through the pipe). idle also prints "OPEN n" once every connection is
+twice arrived cut short through the pipe). idle also prints "OPEN n" once every connection is
 up, so that the caller can measure the server's memory then; progress goes to stderr.
 """
 
 import argparse
 import asyncio
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
 import uvloop
 from picows import WSCloseCode, WSListener, WSMsgType, WSTransport, ws_connect
+
+from bench.environment import raise_file_limit
 
 
 class EchoClient(WSListener):
@@ -165,8 +166,7 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=60)
     parser.add_argument("--result", type=Path, help="write the JSON result to this file, not stdout")
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_file_limit()
     if args.mode == "echo":
         run = echo(args.url, args.clients, args.seconds, args.size)
     elif args.mode == "churn":

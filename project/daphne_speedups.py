@@ -19,6 +19,7 @@ import sys
 import autobahn
 import autobahn.websocket.protocol
 import twisted
+import uvloop
 from twisted.internet import asyncioreactor
 
 logger = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ def move_to_uvloop(reactor: asyncioreactor.AsyncioSelectorReactor) -> bool:
     ``Server.run``), has registered only its waker on the stock loop: that reader is moved
     over and the stock loop closed. Returns whether the reactor now runs on uvloop.
     """
-    import uvloop
-
     stock = reactor._asyncioEventloop
     if isinstance(stock, uvloop.Loop):
         return True
@@ -68,16 +67,16 @@ def move_to_uvloop(reactor: asyncioreactor.AsyncioSelectorReactor) -> bool:
     return True
 
 
-def apply(*, event_loop: str = "uvloop") -> str:
+def apply(*, event_loop: str = "uvloop") -> None:
     """Install the speed-ups; ``event_loop`` is ``"uvloop"`` or ``"asyncio"`` (the stock loop).
 
-    Returns the name of the loop Daphne's reactor will run on.
+    Logs the loop Daphne's reactor will run on.
     """
     cheap_autobahn_option_dump()
     # Daphne installs its reactor when daphne.server is imported; never install one here.
     reactor = sys.modules.get("twisted.internet.reactor")
     if not isinstance(reactor, asyncioreactor.AsyncioSelectorReactor):
-        return "none"
+        return
     if event_loop == "uvloop":
         if twisted.__version__ != TWISTED_WRITTEN_FOR:
             logger.warning(
@@ -87,6 +86,5 @@ def apply(*, event_loop: str = "uvloop") -> str:
             )
         elif move_to_uvloop(reactor):
             logger.info("event loop: uvloop")
-            return "uvloop"
+            return
     logger.info("event loop: asyncio")
-    return "asyncio"
