@@ -13,18 +13,21 @@ written for (tests/test_daphne_fixes.py fails if Daphne changes underneath):
 - ``settings.WEBSOCKET_MAX_MESSAGE_SIZE`` is the size limit, and a message over it, invalid
   UTF-8 or a protocol violation get a close frame (1009, 1007, 1002) before the TCP
   connection ends, instead of a bare disconnect;
+- a close frame the server queued is never thrown away: autobahn aborts the TCP connection
+  (discarding what is still unsent) as soon as the peer's close arrives, so a violation
+  followed by a close in one write, a forbidden close code, a bad close reason or a 1-byte
+  close payload got a TCP reset instead of their 1002 or 1007. The connection now ends once
+  what is queued has gone out, or after ``CLOSE_HANDSHAKE_TIMEOUT`` seconds at most;
+- a WebSocket upgrade must come over HTTP/1.1 (RFC 6455 4.2.1): Daphne rewrote an HTTP/1.0
+  request line to 1.1 and upgraded it; it now gets 400;
 - a client gets at least a second to answer the server's close frame: autobahn's 1-second
   close-handshake timeout runs on txaio's batched timer, which rounds deadlines down to a
   whole second, so the wait was anywhere from 0 to 1 s and a prompt client could be cut off
   (its consumer told 1006, not the close code);
 - a send that races the closing handshake is dropped, not raised into the application
   (autobahn raises ``Disconnected``; Daphne logged a traceback and killed the consumer);
-- a client that stops reading cannot make the server buffer without bound: once more than
-  ``settings.WEBSOCKET_OUTBOUND_LIMIT`` bytes wait unsent, the next send closes it with
-  1013 instead (Daphne buffered everything: 1 GB for 100 such clients);
-- a request's headers (a WebSocket handshake is one) must arrive within
-  ``settings.HTTP_HEADER_TIMEOUT`` seconds: Twisted resets its idle timer on every byte, so a
-  client trickling one byte at a time (slowloris) held a connection for ever;
+- the resource limits of project.daphne_limits (outbound bytes, header deadline, connection
+  caps), installed with these and only on the same Daphne;
 - on SIGTERM (or Ctrl-C) every open WebSocket gets a close frame 1001, each application
   sees its disconnect (up to ``SHUTDOWN_GRACE`` seconds), and the shutdown hooks run, where
   Daphne would cancel the applications and drop the TCP connections (clients saw 1006).
@@ -37,11 +40,14 @@ from collections.abc import Awaitable, Callable
 import daphne
 from autobahn.util import encode_truncate
 from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
+from daphne.http_protocol import WebRequest
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 from django.conf import settings
 from twisted.internet import defer, reactor
-from twisted.web.http import HTTPChannel
+
+from project import daphne_limits
+from project.daphne_limits import unsent_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +55,6 @@ WRITTEN_FOR = "4.2.3"
 # Seconds that clients and applications get to finish their closing handshake on shutdown.
 SHUTDOWN_GRACE = 5.0
 GOING_AWAY = 1001
-TRY_AGAIN_LATER = 1013
 # Seconds autobahn waits for the answer to a close frame; its timer rounds down to a whole
 # second, so the real wait is between this minus one and this.
 CLOSE_HANDSHAKE_TIMEOUT = 2
@@ -93,17 +98,8 @@ def close_with(protocol: WebSocketProtocol, code: int | None, reason: str | None
     protocol.sendCloseFrame(code=code, reasonUtf8=reason_bytes, isReply=False)
 
 
-def unsent_bytes(protocol: WebSocketProtocol) -> int:
-    """Return how many bytes the connection's Twisted transport holds that the peer has not taken."""
-    transport = protocol.transport
-    buffered = len(getattr(transport, "dataBuffer", b"")) - getattr(transport, "offset", 0)
-    return buffered + getattr(transport, "_tempDataLen", 0)
-
-
-def guarded_send(
-    original: Callable[..., None], on_slow_client: Callable[[], None] | None
-) -> Callable[..., None]:
-    """Wrap ``serverSend`` so that a client which stopped reading is closed, not buffered for."""
+def drop_closing_sends(original: Callable[..., None]) -> Callable[..., None]:
+    """Wrap ``serverSend`` so that a send racing the closing handshake is dropped, not raised."""
 
     def server_send(protocol: WebSocketProtocol, content, binary: bool = False) -> None:
         if protocol.state in (protocol.STATE_CLOSING, protocol.STATE_CLOSED):
@@ -112,78 +108,44 @@ def guarded_send(
             # its disconnect handler runs.
             logger.debug("dropping a send to %s: the connection is closing", protocol.client_addr)
             return
-        limit = settings.WEBSOCKET_OUTBOUND_LIMIT
-        unsent = unsent_bytes(protocol) if limit else 0
-        if unsent > limit and protocol.state == protocol.STATE_OPEN:
-            logger.warning(
-                "closing %s with 1013: %d bytes unsent, over WEBSOCKET_OUTBOUND_LIMIT=%d; it stopped reading",
-                protocol.client_addr,
-                unsent,
-                limit,
-            )
-            # The close frame queues behind the unsent data; without a reply within autobahn's
-            # close handshake timeout the connection is dropped and its buffer freed.
-            close_with(protocol, TRY_AGAIN_LATER, "not reading: too much unsent data, reconnect to catch up")
-            if on_slow_client is not None:
-                on_slow_client()
-            return
         original(protocol, content, binary)
 
     return server_send
 
 
-def arm_header_deadline(channel: HTTPChannel) -> None:
-    """Give the next request on ``channel`` HTTP_HEADER_TIMEOUT seconds to send all its headers."""
-    disarm_header_deadline(channel)
-    channel.header_deadline = reactor.callLater(settings.HTTP_HEADER_TIMEOUT, drop_slow_request, channel)
+def flushing_close(original: Callable[..., None]) -> Callable[..., None]:
+    """Wrap autobahn's ``_closeConnection`` so that an abort first lets queued frames go out."""
+
+    def close_connection(protocol: WebSocketProtocol, abort: bool = False) -> None:
+        if abort and unsent_bytes(protocol):
+            transport = protocol.transport
+            transport.loseConnection()  # writes what is queued (our close frame), then closes
+            # A peer that does not read must not hold the connection: abort after a bound.
+            reactor.callLater(CLOSE_HANDSHAKE_TIMEOUT, abort_if_open, transport)
+            return
+        original(protocol, abort)
+
+    return close_connection
 
 
-def disarm_header_deadline(channel: HTTPChannel) -> None:
-    deadline = getattr(channel, "header_deadline", None)
-    if deadline is not None and deadline.active():
-        deadline.cancel()
-    channel.header_deadline = None
+def abort_if_open(transport) -> None:
+    if getattr(transport, "connected", False) and hasattr(transport, "abortConnection"):
+        transport.abortConnection()
 
 
-def drop_slow_request(channel: HTTPChannel) -> None:
-    channel.header_deadline = None
-    if channel.transport is None:
-        return
-    logger.warning(
-        "dropping %s: request headers incomplete after %s s (HTTP_HEADER_TIMEOUT)",
-        channel.transport.getPeer(),
-        settings.HTTP_HEADER_TIMEOUT,
-    )
-    channel.transport.abortConnection()
+def http11_upgrades_only(original: Callable[..., object]) -> Callable[..., object]:
+    """Wrap Daphne's ``WebRequest.process`` to answer 400 to a WebSocket upgrade over HTTP/1.0."""
 
+    def process(request: WebRequest):
+        upgrade = request.requestHeaders.getRawHeaders(b"upgrade") or [b""]
+        if upgrade[0].lower() == b"websocket" and request.clientproto != b"HTTP/1.1":
+            peer = request.transport.getPeer() if request.transport else "-"
+            logger.warning("refused a WebSocket upgrade over %s from %s", request.clientproto.decode(), peer)
+            request.basic_error(400, b"Bad Request", "A WebSocket upgrade requires HTTP/1.1.")
+            return None
+        return original(request)
 
-def header_deadlines() -> None:
-    """Arm the header deadline when a connection opens and after each response; disarm it when
-    the headers are in (a WebSocket upgrade never finishes its request, so it is never re-armed)."""
-    original_made, original_headers = HTTPChannel.connectionMade, HTTPChannel.allHeadersReceived
-    original_done, original_lost = HTTPChannel.requestDone, HTTPChannel.connectionLost
-
-    def connection_made(channel: HTTPChannel) -> None:
-        original_made(channel)
-        arm_header_deadline(channel)
-
-    def all_headers_received(channel: HTTPChannel) -> None:
-        disarm_header_deadline(channel)
-        original_headers(channel)
-
-    def request_done(channel: HTTPChannel, request) -> None:
-        # Armed first: a pipelined request buffered in the channel is read within original_done.
-        arm_header_deadline(channel)
-        original_done(channel, request)
-
-    def connection_lost(channel: HTTPChannel, reason) -> None:
-        disarm_header_deadline(channel)
-        original_lost(channel, reason)
-
-    HTTPChannel.connectionMade = connection_made
-    HTTPChannel.allHeadersReceived = all_headers_received
-    HTTPChannel.requestDone = request_done
-    HTTPChannel.connectionLost = connection_lost
+    return process
 
 
 def protocol_options() -> dict:
@@ -248,7 +210,9 @@ def apply(
         )
         return
     WebSocketProtocol.handle_reply = handle_reply
-    WebSocketProtocol.serverSend = guarded_send(WebSocketProtocol.serverSend, on_slow_client)
+    WebSocketProtocol.serverSend = drop_closing_sends(WebSocketProtocol.serverSend)
+    WebSocketProtocol._closeConnection = flushing_close(WebSocketProtocol._closeConnection)
+    WebRequest.process = http11_upgrades_only(WebRequest.process)
     original_set_options = WebSocketFactory.setProtocolOptions
 
     def set_protocol_options(factory: WebSocketFactory, **options) -> None:
@@ -256,6 +220,6 @@ def apply(
         original_set_options(factory, **{**options, **protocol_options()})
 
     WebSocketFactory.setProtocolOptions = set_protocol_options
-    header_deadlines()
+    daphne_limits.apply(close=close_with, on_slow_client=on_slow_client)
     Server.kill_all_applications = graceful_shutdown(Server.kill_all_applications, list(on_shutdown))
     _applied = True

@@ -199,6 +199,14 @@ WEBSOCKET_OUTBOUND_LIMIT = env_int("WEBSOCKET_OUTBOUND_LIMIT", 256 * 1024)
 # closed with 1008. A person typing never comes near; a script flooding does. 0: no limit.
 WEBSOCKET_RATE = float(os.environ.get("WEBSOCKET_RATE", "20"))
 WEBSOCKET_BURST = env_int("WEBSOCKET_BURST", 60)
+# WebSockets one client address may hold at once, and one process in all (by default its
+# open-file limit, raised to the hard limit at start, less a reserve); past either the
+# handshake gets 503. Behind a proxy, run Daphne with --proxy-headers so that the address is
+# the client's. 0: no limit.
+WEBSOCKET_MAX_PER_ADDRESS = env_int("WEBSOCKET_MAX_PER_ADDRESS", 1000)
+WEBSOCKET_MAX_CONNECTIONS = env_int("WEBSOCKET_MAX_CONNECTIONS", -1)
+if WEBSOCKET_MAX_CONNECTIONS < 0:
+    WEBSOCKET_MAX_CONNECTIONS = None  # project.daphne_limits derives it from the descriptor limit
 
 # --- Operations ----------------------------------------------------------------------
 

@@ -66,14 +66,45 @@ def close_frame_after(daphne, data: bytes, path: str = "/ws/raw/") -> tuple[int,
         (frame(0x1, b"x", rsv=0b100), 1002),  # RSV1 set with no extension agreed
         (frame(0x3, b"x"), 1002),  # a reserved opcode
         (frame(0x9, b"p" * 126), 1002),  # a control frame longer than 125 bytes
+        # Close frames the RFC forbids: each used to get a TCP reset, because the peer's close
+        # made autobahn abort the connection with its own close frame still unsent.
+        (frame(0x8, b"\x03"), 1002),  # a 1-byte close payload
+        *((frame(0x8, struct.pack("!H", code)), 1002) for code in (999, 1004, 1005, 1006, 1015, 2999, 5000)),
+        (frame(0x8, struct.pack("!H", 1000) + b"\xff\xfe"), 1007),  # a reason that is not UTF-8
+        (frame(0x8, struct.pack("!H", 1000), rsv=0b010), 1002),  # a close frame with an RSV bit
+        (frame(0x1, b"x", rsv=0b100) + frame(0x8, struct.pack("!H", 1000)), 1002),  # bad, then close
+        (frame(0x1, b"caf\xc3") + frame(0x8, struct.pack("!H", 1000)), 1007),  # bad UTF-8, then close
     ],
-    ids=["invalid-utf8", "unmasked", "rsv-bit", "reserved-opcode", "long-ping"],
+    ids=[
+        "invalid-utf8",
+        "unmasked",
+        "rsv-bit",
+        "reserved-opcode",
+        "long-ping",
+        "close-1-byte",
+        *(f"close-code-{code}" for code in (999, 1004, 1005, 1006, 1015, 2999, 5000)),
+        "close-reason-not-utf8",
+        "close-rsv-bit",
+        "violation-then-close",
+        "bad-utf8-then-close",
+    ],
 )
 def test_protocol_abuse_gets_a_close_frame_with_the_right_code(daphne, data, code):
     """Invalid UTF-8 → 1007; protocol violations → 1002; each as a close frame, not a cut."""
     received_code, reason = close_frame_after(daphne, data)
     assert received_code == code
     assert reason, "the close frame says why"
+
+
+def test_a_websocket_upgrade_over_http_1_0_gets_400(daphne):
+    """RFC 6455 4.2.1: the handshake must be HTTP/1.1 or later; HTTP/1.0 is refused, not upgraded."""
+    with socket.create_connection(("127.0.0.1", daphne.port), timeout=5) as sock:
+        sock.sendall(HANDSHAKE.replace("HTTP/1.1", "HTTP/1.0").format(path="/ws/").encode())
+        response = b""
+        while chunk := sock.recv(4096):
+            response += chunk
+    assert response.split(b"\r\n")[0] == b"HTTP/1.0 400 Bad Request", response[:80]
+    assert b"A WebSocket upgrade requires HTTP/1.1." in response
 
 
 async def test_flooding_client_is_closed_with_1008_and_a_reason(daphne):
