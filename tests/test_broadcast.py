@@ -206,3 +206,88 @@ async def test_plain_client_replay_and_bad_after():
         1008,
         "invalid after 'yesterday': expected the id of a broadcast",
     )
+
+
+UNDELIVERABLE = {
+    "lone-surrogate": ("caf\udcff", "the text is not valid UTF-8: U+DCFF at position 3 is a lone surrogate"),
+    "nul": ("a\x00b", "the text contains a NUL character at position 1"),
+    "too-long": ("x" * 2000, "the text is too long: a client would get a frame of "),
+    "too-long-once-escaped": ("\x01" * 300, "the text is too long: a client would get a frame of "),
+}
+
+
+@pytest.mark.parametrize("text, error", UNDELIVERABLE.values(), ids=UNDELIVERABLE.keys())
+async def test_service_refuses_what_cannot_be_delivered_and_records_nothing(settings, text, error):
+    """Lone surrogates, NUL and frames over the size limit are refused before anything is recorded or sent."""
+    settings.WEBSOCKET_MAX_MESSAGE_SIZE = 2000
+    plain, json = await client(), await client(json=True)
+    with pytest.raises(services.InvalidBroadcast, match=error.replace("+", r"\+")):
+        await send_many(text)
+    assert not await Broadcast.objects.aexists()
+    assert await plain.receive_nothing(timeout=0.3) and await json.receive_nothing(timeout=0.1)
+    await send_many("x" * 800)  # within the limit even with the longest id, group, sender and time
+    assert await plain.receive_from(timeout=3) == "Server broadcast: " + "x" * 800
+    assert len((await json.receive_from(timeout=3)).encode()) <= 2000
+    await plain.disconnect()
+    await json.disconnect()
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "x" * 2000], ids=["nul", "too-long"])
+def test_command_refuses_undeliverable_text_with_one_line(settings, text):
+    """The command turns a refused text into a CommandError saying why; nothing is recorded."""
+    settings.WEBSOCKET_MAX_MESSAGE_SIZE = 2000
+    with pytest.raises(CommandError, match="^the text "):
+        call_command("broadcast", text, stdout=StringIO())
+    assert not Broadcast.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "argument, error",
+    [(b"caf\xff", "not valid UTF-8: U+DCFF at position 3"), (b"x" * 2000, "is too long")],
+    ids=["undecodable", "too-long"],
+)
+def test_command_line_text_that_cannot_be_delivered_exits_1_with_one_line(tmp_path, argument, error):
+    """manage.py broadcast with bytes that are not UTF-8, or too long: one CommandError line, exit 1."""
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "WEBSOCKET_MAX_MESSAGE_SIZE": "2000",
+        "PATH": "/usr/bin:/bin",
+        "LC_ALL": "C.UTF-8",
+    }
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    result = subprocess.run([*manage, "broadcast", argument], cwd=ROOT, env=env, capture_output=True)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1, stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith("CommandError: the text ") and error in stderr
+    with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM echo_broadcast").fetchone() == (0,)
+
+
+async def test_a_stored_broadcast_too_large_to_deliver_is_skipped_in_a_replay(settings, caplog):
+    """An old broadcast over the size limit is left out of a replay with a WARNING; the rest arrive."""
+    first, before = await send_many("one", "two")
+    huge = await Broadcast.objects.acreate(text="x" * 3000, group="all")  # recorded before the check
+    (after,) = await send_many("three")
+    settings.WEBSOCKET_MAX_MESSAGE_SIZE = 2000
+    communicator = WebsocketCommunicator(
+        EchoConsumer.as_asgi(), f"/ws/?after={first}", subprotocols=["echo.json"]
+    )
+    assert (await communicator.connect())[0]
+    assert (await communicator.receive_json_from())["type"] == "welcome"
+    assert [(await communicator.receive_json_from())["id"] for _ in range(2)] == [before, after]
+    assert await communicator.receive_json_from() == {
+        "type": "resumed",
+        "after": first,
+        "replayed": 2,
+        "truncated": False,
+    }
+    assert any(f"broadcast={huge.pk} not sent" in r.getMessage() for r in caplog.records)
+    plain = WebsocketCommunicator(EchoConsumer.as_asgi(), f"/ws/?after={first}")
+    assert (await plain.connect())[0]
+    assert [await plain.receive_from() for _ in range(2)] == ["Server broadcast: two", "Server broadcast: three"]
+    await plain.send_to(text_data="still open")
+    assert await plain.receive_from() == "Server: Hello. You said: still open"
+    await plain.disconnect()
+    await communicator.disconnect()

@@ -1,6 +1,7 @@
 """The consumers on their own, through Channels' WebsocketCommunicator, over a real Redis."""
 
 import asyncio
+import json
 import logging
 
 import channels.consumer
@@ -8,7 +9,9 @@ import pytest
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
+from prometheus_client import REGISTRY
 
+from echo import consumers, services
 from echo.consumers import EchoConsumer, RawEchoConsumer
 from echo.presence import PresenceRegistry
 from echo.services import BROADCAST_MESSAGE, layer_group
@@ -243,3 +246,160 @@ async def test_a_closed_connection_leaves_its_groups():
     assert layer.groups[layer._get_group_channel_name(layer_group("red"))]
     await communicator.disconnect()
     assert layer.groups == {}, layer.groups
+
+
+def open_connections() -> float:
+    """The echo_connections_open gauge of this process."""
+    return REGISTRY.get_sample_value("echo_connections_open")
+
+
+def assert_cleaned_up(registry: PresenceRegistry, open_before: float) -> None:
+    """No presence row, no gauge count and no group membership is left behind."""
+    assert not registry.listeners and not registry.added and not registry.updated
+    assert open_connections() == open_before
+    assert get_channel_layer()._get_layer().groups == {}
+
+
+def fail(*args, **kwargs):
+    raise RuntimeError("a bug in a handler")
+
+
+async def test_a_failing_handler_closes_with_1011_logs_once_and_cleans_up(monkeypatch, caplog, registry):
+    """Whatever a handler raises: one ERROR event with id and peer, close 1011, and the usual clean-up."""
+    caplog.set_level(logging.INFO, logger="echo")
+    open_before = open_connections()
+    communicator = WebsocketCommunicator(EchoConsumer.as_asgi(), "/ws/?group=red")
+    communicator.scope["client"] = ("10.1.2.3", 5555)
+    assert (await communicator.connect())[0]
+    await registered_rows(registry, 1)
+    assert open_connections() == open_before + 1
+    monkeypatch.setattr(services, "echo_reply", fail)
+    await communicator.send_to(text_data="hi")
+    assert await communicator.receive_output() == {
+        "type": "websocket.close",
+        "code": 1011,
+        "reason": "internal server error",
+    }
+    await communicator.wait()  # the consumer stopped by itself, and raised nothing to Daphne
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info[0] is RuntimeError
+    assert errors[0].getMessage().startswith("conn=") and "peer=10.1.2.3:5555" in errors[0].getMessage()
+    closed = [r.getMessage() for r in caplog.records if "closed code=" in r.getMessage()]
+    assert len(closed) == 1 and "code=1011" in closed[0]
+    assert_cleaned_up(registry, open_before)
+
+
+@pytest.mark.parametrize("where", ["before-accept", "after-accept"])
+async def test_a_failure_inside_connect_undoes_what_connect_did(monkeypatch, caplog, registry, where):
+    """connect() failing after joining groups (before or after accepting) leaves nothing behind."""
+    open_before = open_connections()
+    if where == "before-accept":
+        monkeypatch.setattr(consumers, "header", fail)
+    else:
+        monkeypatch.setattr(services, "latest_broadcast_id", fail)
+    communicator = WebsocketCommunicator(
+        EchoConsumer.as_asgi(), "/ws/?group=red&group=blue", subprotocols=["echo.json"]
+    )
+    assert (await communicator.connect())[0]
+    closed = await communicator.receive_output()
+    assert (closed["type"], closed["code"]) == ("websocket.close", 1011)
+    await communicator.wait()
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+    assert_cleaned_up(registry, open_before)
+
+
+DEEP = '{"a":' * 1000 + "1" + "}" * 1000
+HOSTILE_FRAMES = {
+    "nested-1000-deep": DEEP,
+    "list-nested-1000-deep": "[" * 1000 + "]" * 1000,
+    "type-nested-900-deep": '{"type":' + "[" * 900 + "]" * 900 + "}",
+    "lone-surrogate-text": '{"type": "echo", "text": "\\ud800"}',
+    "lone-low-surrogate-text": '{"type": "echo", "text": "ok \\udcff ok"}',
+    "lone-surrogate-group": '{"type": "join", "group": "\\ud800"}',
+    "huge-exponent": '{"type": "echo", "text": "x", "n": 1e999999}',
+    "5000-digit-int": '{"type": "echo", "text": "x", "n": ' + "9" * 5000 + "}",
+    "nan": '{"type": "echo", "text": "x", "n": NaN}',
+    "infinity-type": '{"type": -Infinity}',
+    "huge-type": '{"type": "' + "x" * 100_000 + '"}',
+    "huge-group": '{"type": "join", "group": "' + "é" * 100_000 + '"}',
+    "huge-int-type": '{"type": ' + "9" * 4000 + "}",
+    "text-is-a-list": '{"type": "echo", "text": ["a"]}',
+    "text-is-null": '{"type": "echo", "text": null}',
+    "top-level-string": '"echo"',
+    "top-level-number": "1e999999",
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("frame", HOSTILE_FRAMES.values(), ids=HOSTILE_FRAMES.keys())
+async def test_hostile_json_gets_a_short_error_envelope_and_the_connection_stays(frame):
+    """Any text at all on echo.json gets a short, valid-UTF-8 error envelope; echo still works after."""
+    communicator = await connected_json()
+    await communicator.send_input({"type": "websocket.receive", "text": frame})
+    raw = await communicator.receive_from()
+    assert len(raw.encode("utf-8")) < 300, raw[:300]
+    assert json.loads(raw)["type"] == "error", raw[:300]
+    await communicator.send_json_to({"type": "echo", "text": "still"})
+    assert (await communicator.receive_json_from())["type"] == "echo"
+    await communicator.disconnect()
+
+
+@pytest.mark.parametrize("text", ["x" * 976, "é" * 488], ids=["ascii", "two-byte"])
+async def test_a_reply_over_the_size_limit_closes_with_1009_naming_the_sizes(settings, text):
+    """A ws/ text whose reply would pass WEBSOCKET_MAX_MESSAGE_SIZE gets close 1009, not the reply."""
+    settings.WEBSOCKET_MAX_MESSAGE_SIZE = 1000
+    communicator = await connected(EchoConsumer, "/ws/")
+    await communicator.send_to(text_data=text)
+    assert await communicator.receive_output() == {
+        "type": "websocket.close",
+        "code": 1009,
+        "reason": "a message of 1001 bytes to send is over the limit of 1000 bytes",
+    }
+
+
+@pytest.mark.parametrize("payload", [{"text": "x" * 1000}, {"text": "é" * 500}, {"bytes": b"\xff" * 1000}])
+async def test_raw_echo_up_to_the_size_limit_is_sent(settings, payload):
+    """A message of exactly WEBSOCKET_MAX_MESSAGE_SIZE bytes (UTF-8 counted) comes back."""
+    settings.WEBSOCKET_MAX_MESSAGE_SIZE = 1000
+    communicator = await connected(RawEchoConsumer, "/ws/raw/")
+    await communicator.send_input({"type": "websocket.receive", **payload})
+    assert await communicator.receive_output() == {"type": "websocket.send", **payload}
+    await communicator.disconnect()
+
+
+async def test_a_json_echo_over_the_size_limit_gets_an_error_envelope(settings):
+    """An echo.json echo whose reply would be too large is answered with an error; the connection stays."""
+    settings.WEBSOCKET_MAX_MESSAGE_SIZE = 1000
+    communicator = await connected_json()
+    await communicator.send_json_to({"type": "echo", "text": "x" * 960})
+    error = await communicator.receive_json_from()
+    assert error == {
+        "type": "error",
+        "error": "the echo reply would be 1010 bytes, over the limit of 1000 bytes: send a shorter text",
+    }
+    await communicator.send_json_to({"type": "echo", "text": "x" * 900})
+    assert (await communicator.receive_json_from())["type"] == "echo"
+    await communicator.disconnect()
+
+
+async def test_a_broadcast_too_large_for_a_client_is_skipped_with_a_warning(settings, caplog):
+    """A broadcast frame over the limit is not sent (a WARNING says so); the connection stays open."""
+    settings.WEBSOCKET_MAX_MESSAGE_SIZE = 1000
+    plain, json_client = await connected(EchoConsumer, "/ws/"), await connected_json()
+    event = {
+        "type": BROADCAST_MESSAGE,
+        "id": 9,
+        "text": "x" * 990,
+        "group": "all",
+        "sender": "server",
+        "sent_at": "2026-01-01T00:00:00+00:00",
+    }
+    layer = get_channel_layer()
+    await layer.group_send(layer_group("all"), event)
+    await layer.group_send(layer_group("all"), {**event, "id": 10, "text": "small"})
+    assert await plain.receive_from(timeout=3) == "Server broadcast: small"
+    assert (await json_client.receive_json_from(timeout=3))["id"] == 10
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all("broadcast=9 not sent" in line for line in warnings)
+    await plain.disconnect()
+    await json_client.disconnect()
