@@ -12,9 +12,9 @@
 
 import asyncio
 import logging
+import re
 import time
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 from channels_redis import pubsub
 from channels_redis.core import RedisChannelLayer as StockRedisChannelLayer
@@ -34,6 +34,9 @@ RETRY_INTERVAL = 0.5
 # Messages a consumer may have waiting before the layer drops what comes next.
 DEFAULT_CAPACITY = 500
 OVERFLOW_MESSAGE = {"type": "channel.overflow"}
+# Query parameters whose values are credentials (redis-py reads ?password=...).
+SECRET_PARAMETERS = {"password", "pass", "passwd", "pwd", "secret", "token", "auth", "key", "api_key"}
+SAFE_USER = re.compile(r"[A-Za-z0-9._~-]{0,64}")
 
 
 class RedisChannelLayer(StockRedisChannelLayer):
@@ -241,9 +244,27 @@ def redacted_address(host: dict) -> str:
 
 
 def redacted(url: str) -> str:
-    """Return ``url`` without its password, fit for a log line or an error message."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """Return ``url`` without any credential, fit for a log line or an error message.
+
+    The userinfo keeps only its user name (``redis://user:***@host``; a lone ``secret@`` becomes
+    ``***@``), and query parameters that carry secrets (``?password=...``) lose their value.
+    Everything before the last ``@`` of the authority counts as userinfo, so that a password
+    with an unescaped ``#``, ``?`` or ``/`` is not taken for the rest of the URL and shown.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return "***" if "@" in url or "=" in url else url
+    userinfo, at, rest = rest.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        userinfo = f"{user}:***@" if colon and SAFE_USER.fullmatch(user) else "***@"
+    address, question, query = rest.partition("?")
+    if question:
+        query, hash_mark, fragment = query.partition("#")
+        pairs = [pair.partition("=") for pair in query.split("&")]
+        query = "&".join(
+            f"{key}{equals}{'***' if key.lower() in SECRET_PARAMETERS else value}"
+            for key, equals, value in pairs
+        )
+        address = f"{address}?{query}{hash_mark}{fragment}"
+    return f"{scheme}://{userinfo}{address}"

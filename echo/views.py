@@ -34,9 +34,15 @@ def upgrade_required(request: HttpRequest) -> HttpResponse:
 
 @never_cache
 def healthz(request: HttpRequest) -> JsonResponse:
-    """Say whether the database and Redis answer: 200 when both do, 503 naming what is down."""
+    """Say whether the database and Redis answer: 200 when both do, 503 naming what is down.
+
+    Anyone may probe it, so only staff see why a dependency is down (its redacted address and
+    the error); others see "ok" or "down".
+    """
     checks = health()
     healthy = all(state == "ok" for state in checks.values())
+    if not (request.user.is_authenticated and request.user.is_staff):
+        checks = {name: "ok" if state == "ok" else "down" for name, state in checks.items()}
     return JsonResponse(
         {"status": "ok" if healthy else "degraded", "checks": checks}, status=200 if healthy else 503
     )
