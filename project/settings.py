@@ -226,6 +226,9 @@ LOGGING = {
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
+    "filters": {
+        "one_line_warning": {"()": "project.log_filters.OneLineWarning"},
+    },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "plain"},
     },
@@ -235,6 +238,8 @@ LOGGING = {
         "echo.messages": {"level": LOG_LEVEL if LOG_MESSAGES else "WARNING"},
         "project": {"level": LOG_LEVEL},
         "django": {"level": LOG_LEVEL if LOG_LEVEL != "DEBUG" else "INFO"},
+        # Anyone can send a foreign Host header; the 400 it gets is the answer, not an error.
+        "django.security.DisallowedHost": {"filters": ["one_line_warning"]},
     },
 }
 
