@@ -34,8 +34,8 @@ RETRY_INTERVAL = 0.5
 # Messages a consumer may have waiting before the layer drops what comes next.
 DEFAULT_CAPACITY = 500
 OVERFLOW_MESSAGE = {"type": "channel.overflow"}
-# Query parameters whose values are credentials (redis-py reads ?password=...).
-SECRET_PARAMETERS = {"password", "pass", "passwd", "pwd", "secret", "token", "auth", "key", "api_key"}
+# A query parameter whose value is a credential (redis-py reads ?password=...).
+SECRET_PARAMETER = re.compile(r"[?&](?:password|passwd|pass|pwd|secret|token|auth|api_key|key)=", re.I)
 SAFE_USER = re.compile(r"[A-Za-z0-9._~-]{0,64}")
 
 
@@ -246,25 +246,19 @@ def redacted_address(host: dict) -> str:
 def redacted(url: str) -> str:
     """Return ``url`` without any credential, fit for a log line or an error message.
 
-    The userinfo keeps only its user name (``redis://user:***@host``; a lone ``secret@`` becomes
-    ``***@``), and query parameters that carry secrets (``?password=...``) lose their value.
-    Everything before the last ``@`` of the authority counts as userinfo, so that a password
-    with an unescaped ``#``, ``?`` or ``/`` is not taken for the rest of the URL and shown.
+    A query parameter that carries a secret (``?password=...``) loses its value and whatever
+    follows it (an unescaped ``&``, ``#`` or ``@`` in the secret must not show its tail); then
+    the userinfo keeps only its user name (``redis://user:***@host``; a lone ``secret@``
+    becomes ``***@``), everything before the last ``@`` counting as userinfo, so that a
+    password with an unescaped ``#``, ``?`` or ``/`` is not taken for the rest of the URL.
     """
+    if secret := SECRET_PARAMETER.search(url):
+        url = url[: secret.end()] + "***"
     scheme, separator, rest = url.partition("://")
     if not separator:
-        return "***" if "@" in url or "=" in url else url
+        return "***" if "@" in url else url
     userinfo, at, rest = rest.rpartition("@")
     if at:
         user, colon, _ = userinfo.partition(":")
         userinfo = f"{user}:***@" if colon and SAFE_USER.fullmatch(user) else "***@"
-    address, question, query = rest.partition("?")
-    if question:
-        query, hash_mark, fragment = query.partition("#")
-        pairs = [pair.partition("=") for pair in query.split("&")]
-        query = "&".join(
-            f"{key}{equals}{'***' if key.lower() in SECRET_PARAMETERS else value}"
-            for key, equals, value in pairs
-        )
-        address = f"{address}?{query}{hash_mark}{fragment}"
-    return f"{scheme}://{userinfo}{address}"
+    return f"{scheme}://{userinfo}{rest}"

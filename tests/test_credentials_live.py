@@ -23,7 +23,7 @@ def test_redacted_hides_only_the_password():
     """URLs in messages keep their host and database but lose the password."""
     assert redacted("redis://user:pw@cache:6379/2") == "redis://user:***@cache:6379/2"
     assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
-    assert redacted("redis://h:6379/0?password=pw&db=2") == "redis://h:6379/0?password=***&db=2"
+    assert redacted("redis://h:6379/0?db=2&password=pw") == "redis://h:6379/0?db=2&password=***"
 
 
 @given(
