@@ -16,6 +16,12 @@ class BroadcastForm(forms.ModelForm):
         fields = ["text", "group"]
         help_texts = {"group": "Who gets it: 'all' for every connection, or a group's name."}
 
+    def clean_text(self) -> str:
+        try:
+            return services.validate_broadcast_text(self.cleaned_data["text"])
+        except services.InvalidBroadcast as error:
+            raise ValidationError(str(error)) from None
+
     def clean_group(self) -> str:
         try:
             return services.validate_group_name(self.cleaned_data["group"])

@@ -1,6 +1,8 @@
 """WebSocket consumers: they move messages between a socket, the channel layer and echo.services."""
 
+import contextlib
 import logging
+import math
 import uuid
 from urllib.parse import parse_qs
 
@@ -9,7 +11,6 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.utils import timezone
 
 from echo import metrics, protocol, services
 from echo.presence import registry
@@ -22,20 +23,54 @@ messages_logger = logging.getLogger("echo.messages")
 # How many groups one connection may be in, "all" included.
 MAX_GROUPS = 20
 POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
+INTERNAL_ERROR = 1011
+INTERNAL_REASON = "internal server error"
 TRY_AGAIN_LATER = 1013
 
 
 class BaseConsumer(AsyncWebsocketConsumer):
-    """What every consumer here shares: connection log lines (a short id and the peer), metrics,
-    the message rate limit, and dispatch without Channels' per-message thread hop."""
+    """What every consumer shares: log lines with a short id and the peer, metrics, the rate and
+    size limits, one clean-up however the connection ends, dispatch without a thread hop."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.connection_id = uuid.uuid4().hex[:8]
+        self.peer = "-"
+        self.rate_limit = services.RateLimit(rate=settings.WEBSOCKET_RATE, burst=settings.WEBSOCKET_BURST)
+        self.max_size: float = settings.WEBSOCKET_MAX_MESSAGE_SIZE or math.inf
+        self.accepted = self.closing = self.disconnected = self.ended = False
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        """Serve one connection; whatever a handler raises is logged once, closes with 1011 and cleans up."""
+        client = scope.get("client") or ("-", "-")
+        self.peer = f"{client[0]}:{client[1]}"
+        try:
+            await super().__call__(scope, receive, send)
+        except Exception:
+            # Raised on, Daphne would log it again and skip disconnect(): the presence row, the
+            # open-connections gauge and the group memberships would stay behind.
+            logger.exception("conn=%s peer=%s failed: closing with 1011", self.connection_id, self.peer)
+            await self.abort(send)
+
+    async def abort(self, send) -> None:
+        """Close with 1011 (accepting first: a close code needs an open socket), then clean up."""
+        if not self.disconnected:
+            with contextlib.suppress(Exception):  # a socket already gone: the clean-up is what matters
+                if not self.accepted:
+                    await send({"type": "websocket.accept"})
+                await send({"type": "websocket.close", "code": INTERNAL_ERROR, "reason": INTERNAL_REASON})
+        try:
+            await self.end(INTERNAL_ERROR)
+        except Exception:
+            logger.exception("conn=%s peer=%s clean-up failed", self.connection_id, self.peer)
 
     async def dispatch(self, message: dict) -> None:
         """Call the handler for ``message``, on this event loop.
 
-        Channels 4.3 first hops to a thread to run Django's close_old_connections() before
-        every handler (and on disconnect), about 30% of the CPU of an echo load. These
-        handlers reach the database only through database_sync_to_async, which does that
-        itself, in its thread.
+        Channels 4.3 first hops to a thread for close_old_connections(), about 30% of the CPU of
+        an echo load; these handlers reach the database only through database_sync_to_async,
+        which does that itself.
         """
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
@@ -43,31 +78,25 @@ class BaseConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def websocket_disconnect(self, message: dict) -> None:
-        """Run disconnect() and stop; no thread hop (see dispatch)."""
-        await self.disconnect(message["code"])
+        """Clean up and stop; no thread hop (see dispatch)."""
+        self.disconnected = True
+        await self.end(message["code"])
         raise StopConsumer()
 
-    async def websocket_connect(self, message: dict) -> None:
-        self.connection_id = uuid.uuid4().hex[:8]
-        client = self.scope.get("client") or ("-", "-")
-        self.peer = f"{client[0]}:{client[1]}"
-        self.rate_limit = services.RateLimit(rate=settings.WEBSOCKET_RATE, burst=settings.WEBSOCKET_BURST)
-        self.closing = False
-        self.counted = False
-        await super().websocket_connect(message)
+    async def end(self, code: int) -> None:
+        """Run disconnect() once, however the connection ends: a close, or a failure."""
+        if self.ended:
+            return
+        self.ended = True
+        await self.disconnect(code)
 
     async def accept(self, subprotocol: str | None = None, headers=None) -> None:
         """Accept the connection, with ``subprotocol`` if given."""
         await super().accept(subprotocol, headers)
+        self.accepted = True
         metrics.connections_open.inc()
-        self.counted = True
-        logger.info(
-            "conn=%s peer=%s connected path=%s%s",
-            self.connection_id,
-            self.peer,
-            self.scope["path"],
-            f" protocol={subprotocol}" if subprotocol else "",
-        )
+        path, protocol_note = self.scope["path"], f" protocol={subprotocol}" if subprotocol else ""
+        logger.info("conn=%s peer=%s connected path=%s%s", self.connection_id, self.peer, path, protocol_note)
 
     async def websocket_receive(self, message: dict) -> None:
         if messages_logger.isEnabledFor(logging.INFO):
@@ -78,14 +107,26 @@ class BaseConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return  # frames that were on their way when we closed
         if not self.rate_limit.allow():
-            await self.close(
-                POLICY_VIOLATION, f"too many messages: at most {settings.WEBSOCKET_RATE:g} a second"
-            )
+            limit = settings.WEBSOCKET_RATE
+            await self.close(POLICY_VIOLATION, f"too many messages: at most {limit:g} a second")
             return
         await super().websocket_receive(message)
 
     async def send(self, text_data: str | None = None, bytes_data: bytes | None = None, close=False):
-        """Send a text or binary message down the socket."""
+        """Send a text or binary message down the socket; one over the size limit closes it with 1009."""
+        if self.closing:
+            return  # the close frame is out: nothing may follow it
+        # Every frame passes here, so none reaches autobahn, which raises for one over the limit.
+        # Only a message over a quarter of the limit can be over it (UTF-8: 4 bytes a character).
+        data = text_data if text_data is not None else bytes_data
+        if (
+            data is not None
+            and len(data) * 4 > self.max_size
+            and (size := protocol.oversize(data, self.max_size))
+        ):
+            reason = f"a message of {size} bytes to send is over the limit of {self.max_size} bytes"
+            await self.close(MESSAGE_TOO_BIG, reason)
+            return
         await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
         metrics.messages_sent.inc()
         if messages_logger.isEnabledFor(logging.INFO):
@@ -95,14 +136,14 @@ class BaseConsumer(AsyncWebsocketConsumer):
     async def close(self, code: int | None = None, reason: str | None = None) -> None:
         """Close the connection with ``code`` and ``reason``."""
         if code not in (None, 1000):
-            logger.info(
-                "conn=%s peer=%s closing code=%s reason=%s", self.connection_id, self.peer, code, reason
-            )
+            conn, peer = self.connection_id, self.peer
+            logger.info("conn=%s peer=%s closing code=%s reason=%s", conn, peer, code, reason)
+        self.closing = True
         await super().close(code, reason)
 
     async def disconnect(self, code: int) -> None:
-        """Log the end of the connection with the client's close code."""
-        if self.counted:
+        """Count the connection out and log its end with the close code."""
+        if self.accepted:
             metrics.connections_open.dec()
         logger.info("conn=%s peer=%s closed code=%s", self.connection_id, self.peer, code)
 
@@ -110,16 +151,21 @@ class BaseConsumer(AsyncWebsocketConsumer):
 class EchoConsumer(BaseConsumer):
     """ws/: answer text with a greeting, echo binary, relay broadcasts; JSON with echo.json."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.uses_json = False
+        self.names: list[str] = []  # the groups joined (or being joined): what disconnect() leaves
+        self.replayed: set[int] = set()
+        self.registered = False
+
     async def connect(self) -> None:
         """Join "all" and the groups named in the query string, count in, then accept."""
         self.uses_json = protocol.JSON_SUBPROTOCOL in self.scope.get("subprotocols", ())
         subprotocol = protocol.JSON_SUBPROTOCOL if self.uses_json else None
-        self.names: list[str] = []
-        self.replayed: set[int] = set()
         query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
         try:
             names = [services.validate_group_name(name) for name in query.get("group", [])]
-            after = parse_after(query.get("after"))
+            after = services.parse_after(query.get("after"))
         except (services.InvalidGroupName, ValueError) as error:
             # A close code and reason can only be sent on an accepted connection.
             await self.accept(subprotocol)
@@ -128,30 +174,21 @@ class EchoConsumer(BaseConsumer):
         # Join before accepting, so that a broadcast sent once the handshake is done reaches us.
         for name in [services.ALL_GROUP, *names][:MAX_GROUPS]:
             await self.join(name)
-        user = self.scope.get("user")
-        row = {
-            "channel_name": self.channel_name,
-            "path": self.scope["path"],
-            "groups": ",".join(self.names),
-            "user_id": user.pk if user is not None and user.is_authenticated else None,
-            "peer": self.peer,
-            "user_agent": header(self.scope, b"user-agent")[:300],
-            "protocol": subprotocol or "",
-            "connected_at": timezone.now(),
-        }
+        row = services.presence_row(
+            scope=self.scope,
+            channel=self.channel_name,
+            peer=self.peer,
+            groups=self.names,
+            subprotocol=subprotocol,
+        )
         registry.add(self.connection_id, row, self.send_online if self.uses_json else None)
+        self.registered = True
         await self.accept(subprotocol)
         if self.uses_json:
-            username = user.get_username() if row["user_id"] is not None else None
+            username = self.scope["user"].get_username() if row["user_id"] is not None else None
             last = await database_sync_to_async(services.latest_broadcast_id)()
-            welcome = protocol.encode(
-                "welcome",
-                connection=self.connection_id,
-                user=username,
-                groups=self.names,
-                last_broadcast=last,
-            )
-            await self.send(text_data=welcome)
+            fields = {"connection": self.connection_id, "user": username, "groups": self.names}
+            await self.send(text_data=protocol.encode("welcome", **fields, last_broadcast=last))
         if after is not None:
             await self.replay(after)
 
@@ -160,19 +197,23 @@ class EchoConsumer(BaseConsumer):
         missed, truncated = await database_sync_to_async(services.missed_broadcasts)(
             after=after, groups=self.names
         )
+        replayed = 0
         for broadcast in missed:
             self.replayed.add(broadcast.pk)
-            await self.broadcast_message(services.broadcast_event(broadcast), replay=True)
+            replayed += await self.broadcast_message(services.broadcast_event(broadcast), replay=True)
         if self.uses_json:
-            resumed = protocol.encode("resumed", after=after, replayed=len(missed), truncated=truncated)
+            resumed = protocol.encode("resumed", after=after, replayed=replayed, truncated=truncated)
             await self.send(text_data=resumed)
 
     async def disconnect(self, code: int) -> None:
         """Leave the groups, count the connection out and log its end."""
-        for name in self.names:
-            await self.channel_layer.group_discard(services.layer_group(name), self.channel_name)
-        registry.remove(self.connection_id)
-        await super().disconnect(code)
+        try:
+            for name in self.names:
+                await self.channel_layer.group_discard(services.layer_group(name), self.channel_name)
+        finally:
+            if self.registered:
+                registry.remove(self.connection_id)
+            await super().disconnect(code)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Answer one message from the client."""
@@ -188,9 +229,8 @@ class EchoConsumer(BaseConsumer):
         try:
             message = protocol.parse(text)
             if message.type == "echo":
-                await self.send(
-                    text_data=protocol.encode("echo", text=services.echo_reply(text=message.value))
-                )
+                reply = services.echo_reply(text=message.value)
+                await self.send(text_data=protocol.encode_within(self.max_size, "echo", text=reply))
             elif message.type == "join":
                 await self.join(services.validate_group_name(message.value))
                 await self.send(text_data=protocol.encode("joined", group=message.value, groups=self.names))
@@ -206,8 +246,8 @@ class EchoConsumer(BaseConsumer):
             return
         if len(self.names) >= MAX_GROUPS:
             raise services.InvalidGroupName(f"a connection may be in at most {MAX_GROUPS} groups")
+        self.names.append(name)  # first: if group_add fails half-way, disconnect() still leaves it
         await self.channel_layer.group_add(services.layer_group(name), self.channel_name)
-        self.names.append(name)
         registry.update(self.connection_id, groups=",".join(self.names))
 
     async def leave(self, name: str) -> None:
@@ -220,14 +260,20 @@ class EchoConsumer(BaseConsumer):
         self.names.remove(name)
         registry.update(self.connection_id, groups=",".join(self.names))
 
-    async def broadcast_message(self, event: dict, replay: bool = False) -> None:
-        """Relay a broadcast from the channel layer to the client, unless the replay already did."""
+    async def broadcast_message(self, event: dict, replay: bool = False) -> bool:
+        """Relay a broadcast to the client, unless the replay already did; say whether it was sent."""
         if not replay and event.get("id") in self.replayed:
-            return
-        if self.uses_json:
-            await self.send(text_data=protocol.broadcast_envelope(event))
-        else:
-            await self.send(text_data=services.broadcast_text(text=event["text"]))
+            return False
+        try:
+            frame = services.broadcast_frame(event=event, as_json=self.uses_json, limit=self.max_size)
+        except services.InvalidBroadcast as error:
+            # Stored before broadcast_send checked sizes, or sent with a larger limit: skipped,
+            # since closing would only bring the client back to the same replay.
+            conn, peer = self.connection_id, self.peer
+            logger.warning("conn=%s peer=%s broadcast=%s not sent: %s", conn, peer, event.get("id"), error)
+            return False
+        await self.send(text_data=frame)
+        return True
 
     async def connection_close(self, event: dict) -> None:
         """Close the connection because the server was asked to (an administrator's disconnect)."""
@@ -239,7 +285,10 @@ class EchoConsumer(BaseConsumer):
 
     async def send_online(self, online: int) -> None:
         """Tell a JSON client how many connections are online."""
-        await self.send(text_data=protocol.encode("presence", online=online))
+        try:
+            await self.send(text_data=protocol.encode("presence", online=online))
+        except Exception:  # called from the presence task: a failure here must not stop it
+            logger.exception("conn=%s peer=%s presence count not sent", self.connection_id, self.peer)
 
 
 class RawEchoConsumer(BaseConsumer):
@@ -255,31 +304,10 @@ class NoRouteConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         """Reject the handshake."""
-        client = self.scope.get("client") or ("-", "-")
-        logger.warning(
-            "handshake rejected peer=%s:%s: no WebSocket route for path %r",
-            client[0],
-            client[1],
-            self.scope["path"],
-        )
+        host, port = self.scope.get("client") or ("-", "-")
+        path = self.scope["path"]
+        logger.warning("handshake rejected peer=%s:%s: no WebSocket route for path %r", host, port, path)
         await self.close()
-
-
-def parse_after(values: list[str] | None) -> int | None:
-    """Read the ``after`` query parameter: the id of the last broadcast the client has."""
-    if not values:
-        return None
-    if not values[-1].isdigit():
-        raise ValueError(f"invalid after {values[-1]!r}: expected the id of a broadcast")
-    return int(values[-1])
-
-
-def header(scope: dict, name: bytes) -> str:
-    """Return the value of the request header ``name``, or an empty string."""
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value.decode("latin1")
-    return ""
 
 
 def describe(message: dict) -> str:

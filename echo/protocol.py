@@ -16,10 +16,13 @@ Binary frames are echoed as binary, as on plain connections.
 """
 
 import json
+import math
 from dataclasses import dataclass
 
 JSON_SUBPROTOCOL = "echo.json"
 CLIENT_TYPES = ("echo", "join", "leave")
+# How much of a client's string an error message quotes: errors stay short whatever came.
+SHOWN_CHARS = 40
 
 
 class ProtocolError(ValueError):
@@ -32,27 +35,90 @@ class ClientMessage:
     value: str  # the text of an echo, the group of a join or leave
 
 
+def refuse_constant(name: str) -> None:
+    raise ProtocolError(f"expected JSON, got {name}, which JSON does not allow")
+
+
+def finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ProtocolError("expected JSON, got a number out of range")
+    return number
+
+
+# Built once: json.loads with hooks would build a decoder per message.
+decoder = json.JSONDecoder(parse_constant=refuse_constant, parse_float=finite_float)
+
+
 def parse(text: str) -> ClientMessage:
     """Read one client frame, or raise ProtocolError naming what was expected and what came."""
+    # Every text ends in one or the other: JSON nested deeper than the parser goes, numbers out
+    # of range, NaN and strings with lone surrogates (which cannot be sent back) are errors too.
     try:
-        data = json.loads(text)
-    except ValueError:
+        data = decoder.decode(text)
+    except ProtocolError:
+        raise
+    except RecursionError:
+        raise ProtocolError("expected JSON, got objects or arrays nested too deeply") from None
+    except json.JSONDecodeError:
         raise ProtocolError("expected a JSON object, got text that is not JSON") from None
+    except ValueError:  # an integer past Python's digit limit
+        raise ProtocolError("expected JSON, got an integer with too many digits") from None
     if not isinstance(data, dict):
         raise ProtocolError(f"expected a JSON object, got {type(data).__name__}")
     kind = data.get("type")
-    if kind not in CLIENT_TYPES:
-        raise ProtocolError(f"expected type to be one of {', '.join(CLIENT_TYPES)}, got {kind!r}")
+    if not isinstance(kind, str) or kind not in CLIENT_TYPES:
+        raise ProtocolError(f"expected type to be one of {', '.join(CLIENT_TYPES)}, got {shown(kind)}")
     field = "text" if kind == "echo" else "group"
     value = data.get(field)
     if not isinstance(value, str):
-        raise ProtocolError(f"expected a string {field!r} in a {kind!r} message")
+        raise ProtocolError(f"expected a string {field!r} in a {kind!r} message, got {shown(value)}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ProtocolError(
+                f"expected {field!r} to be Unicode text, got a lone surrogate "
+                f"U+{ord(value[error.start]):04X} at position {error.start}"
+            ) from None
     return ClientMessage(kind, value)
+
+
+def shown(value: object) -> str:
+    """Quote a client's value in an error message, briefly: a short repr, or what kind of value it is."""
+    if isinstance(value, str):
+        if len(value) <= SHOWN_CHARS:
+            return repr(value)
+        return f"{value[:SHOWN_CHARS]!r}... ({len(value)} characters)"
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if abs(value) < 10**SHOWN_CHARS else f"an integer of over {SHOWN_CHARS} digits"
+    return f"a {type(value).__name__}"  # a dict or list: never repr'd, it may nest deeply
 
 
 def encode(kind: str, **fields) -> str:
     """Return the JSON envelope of type ``kind``."""
     return json.dumps({"type": kind, **fields}, ensure_ascii=False)
+
+
+def encode_within(limit: float, kind: str, **fields) -> str:
+    """Return the envelope of type ``kind``, or raise ProtocolError if it is over ``limit`` bytes."""
+    envelope = encode(kind, **fields)
+    size = oversize(envelope, limit)
+    if size:
+        raise ProtocolError(f"the {kind} reply would be {size} bytes, over the limit of {limit} bytes")
+    return envelope
+
+
+def oversize(data: str | bytes, limit: float) -> int:
+    """Return the size in bytes of ``data`` (text as UTF-8) if it is over ``limit``, else 0."""
+    if isinstance(data, bytes):
+        return len(data) if len(data) > limit else 0
+    if len(data) * 4 <= limit:  # cannot be over (4 bytes a character at most): no encoding
+        return 0
+    size = len(data.encode("utf-8", "surrogatepass"))
+    return size if size > limit else 0
 
 
 def broadcast_envelope(event: dict) -> str:

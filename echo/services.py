@@ -11,11 +11,12 @@ from datetime import timedelta
 from asgiref.sync import async_to_sync
 from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Max, Q, QuerySet
 from django.utils import timezone
 
-from echo import metrics
+from echo import metrics, protocol
 from echo.channel_layer import REDIS_DOWN, redacted
 from echo.models import Broadcast, Connection
 
@@ -32,15 +33,27 @@ CLOSE_MESSAGE = "connection.close"
 
 # The characters Channels accepts in group names; 90 leaves room for the prefix below
 # within Channels' limit of 100.
-GROUP_NAME = re.compile(r"[a-zA-Z0-9\-_.]{1,90}")
+GROUP_NAME_MAX = 90
+GROUP_NAME = re.compile(rf"[a-zA-Z0-9\-_.]{{1,{GROUP_NAME_MAX}}}")
 LAYER_GROUP_PREFIX = "group."
 
 # Close code an administrator's disconnect sends (4000-4999: for applications).
 ADMIN_DISCONNECT_CODE = 4000
 
+# The largest broadcast id (a 64-bit primary key) and the longest sent_at a frame can carry:
+# a text is checked against its envelope with every other field at its longest.
+MAX_BROADCAST_ID = 2**63 - 1
+LONGEST_SENT_AT = "2026-11-21T06:10:00.000000+00:00"
+# JSON escapes a control character as \u00XX: six bytes, the most one character can take.
+WIDEST_CHARACTER = "\x01"
+
 
 class InvalidGroupName(ValueError):
     """A group name outside what Channels allows."""
+
+
+class InvalidBroadcast(ValueError):
+    """A broadcast text that cannot be stored or delivered."""
 
 
 class BroadcastNotSent(RuntimeError):
@@ -86,13 +99,78 @@ def broadcast_text(*, text: str) -> str:
 def validate_group_name(name: str) -> str:
     """Return ``name`` if it is a valid group name, else raise InvalidGroupName saying why."""
     if not isinstance(name, str) or not GROUP_NAME.fullmatch(name):
-        raise InvalidGroupName(f"invalid group name {name!r}: use 1 to 90 letters, digits, '-', '_' or '.'")
+        raise InvalidGroupName(
+            f"invalid group name {protocol.shown(name)}: use 1 to 90 letters, digits, '-', '_' or '.'"
+        )
     return name
+
+
+def validate_broadcast_text(text: str) -> str:
+    """Return ``text`` if it can be stored and reach every client, else raise InvalidBroadcast saying why."""
+    if "\x00" in text:
+        raise InvalidBroadcast(
+            f"the text contains a NUL character at position {text.index(chr(0))}, "
+            "which the database cannot store"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidBroadcast(
+            f"the text is not valid UTF-8: U+{ord(text[error.start]):04X} at position {error.start} "
+            "is a lone surrogate (bytes that were not UTF-8?)"
+        ) from None
+    limit = settings.WEBSOCKET_MAX_MESSAGE_SIZE
+    if limit and (size := largest_broadcast_frame(text)) > limit:
+        raise InvalidBroadcast(
+            f"the text is too long: its largest frame would be {size} bytes, {size - limit} over "
+            f"WEBSOCKET_MAX_MESSAGE_SIZE ({limit} bytes)"
+        )
+    return text
+
+
+def largest_broadcast_frame(text: str) -> int:
+    """Return the UTF-8 size of the largest frame that can carry ``text``: its envelope at the longest."""
+    user_model = get_user_model()
+    longest_sender = user_model._meta.get_field(user_model.USERNAME_FIELD).max_length or 150
+    event = {
+        "id": MAX_BROADCAST_ID,
+        "text": text,
+        "group": "x" * GROUP_NAME_MAX,
+        "sender": WIDEST_CHARACTER * longest_sender,
+        "sent_at": LONGEST_SENT_AT,
+    }
+    frames = (protocol.broadcast_envelope(event), broadcast_text(text=text))
+    return max(len(frame.encode("utf-8")) for frame in frames)
+
+
+def broadcast_frame(*, event: dict, as_json: bool, limit: float) -> str:
+    """Return the frame that delivers a broadcast event, or raise InvalidBroadcast if it is over ``limit``."""
+    frame = protocol.broadcast_envelope(event) if as_json else broadcast_text(text=event["text"])
+    size = protocol.oversize(frame, limit)
+    if size:
+        raise InvalidBroadcast(f"its frame of {size} bytes is over the limit of {limit} bytes")
+    return frame
 
 
 def layer_group(name: str) -> str:
     """Return the channel-layer group that carries the group ``name``."""
     return LAYER_GROUP_PREFIX + name
+
+
+def presence_row(*, scope: dict, channel: str, peer: str, groups: list[str], subprotocol: str | None) -> dict:
+    """Return what the presence registry records of a new ws/ connection."""
+    user = scope.get("user")
+    user_agent = next((value for key, value in scope.get("headers", ()) if key == b"user-agent"), b"")
+    return {
+        "channel_name": channel,
+        "path": scope["path"],
+        "groups": ",".join(groups),
+        "user_id": user.pk if user is not None and user.is_authenticated else None,
+        "peer": peer,
+        "user_agent": user_agent.decode("latin1")[:300],
+        "protocol": subprotocol or "",
+        "connected_at": timezone.now(),
+    }
 
 
 def broadcast_event(broadcast: Broadcast) -> dict:
@@ -110,6 +188,7 @@ def broadcast_event(broadcast: Broadcast) -> dict:
 def broadcast_send(*, text: str, group: str = ALL_GROUP, sender: AbstractBaseUser | None = None) -> Broadcast:
     """Record a broadcast, then push it to every connection in ``group`` on every process."""
     validate_group_name(group)
+    validate_broadcast_text(text)  # before recording: what is stored must be deliverable
     broadcast = Broadcast.objects.create(text=text, group=group, sender=sender)
     try:
         async_to_sync(_publish)(layer_group(group), broadcast_event(broadcast))
@@ -126,6 +205,17 @@ def broadcast_send(*, text: str, group: str = ALL_GROUP, sender: AbstractBaseUse
     metrics.broadcasts_sent.inc()
     logger.info("broadcast=%s group=%s sender=%s sent", broadcast.pk, group, broadcast.sender_name)
     return broadcast
+
+
+def parse_after(values: list[str] | None) -> int | None:
+    """Read the ``after`` query parameter: the id of the last broadcast the client has."""
+    if not values:
+        return None
+    value = values[-1]
+    digits = value.isascii() and value.isdigit() and len(value) <= len(str(MAX_BROADCAST_ID))
+    if not digits or int(value) > MAX_BROADCAST_ID:
+        raise ValueError(f"invalid after {protocol.shown(value)}: expected the id of a broadcast")
+    return int(value)
 
 
 def latest_broadcast_id() -> int:

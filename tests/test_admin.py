@@ -123,14 +123,14 @@ async def test_disconnect_needs_its_permission(registry):
 
 
 async def test_admin_refuses_a_broadcast_too_large_to_deliver(settings):
-    """A text whose frame would pass the size limit is a form error on the text; nothing is recorded or sent."""
+    """A text whose frame would pass the size limit is a form error on the text; nothing is sent."""
     settings.WEBSOCKET_MAX_MESSAGE_SIZE = 2000
     listener = await ws_client()
     client = await signed_in("add_broadcast", "view_broadcast")
     response = await client.post("/admin/echo/broadcast/add/", {"text": "x" * 2000, "group": "all"})
     assert response.status_code == 200
     form = response.context["adminform"].form
-    assert form.errors["text"][0].startswith("the text is too long: a client would get a frame of ")
+    assert form.errors["text"][0].startswith("the text is too long: its largest frame would be ")
     assert not await Broadcast.objects.aexists()
     assert await listener.receive_nothing(timeout=0.3)
     await listener.disconnect()

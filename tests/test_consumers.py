@@ -11,7 +11,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from prometheus_client import REGISTRY
 
-from echo import consumers, services
+from echo import services
 from echo.consumers import EchoConsumer, RawEchoConsumer
 from echo.presence import PresenceRegistry
 from echo.services import BROADCAST_MESSAGE, layer_group
@@ -294,7 +294,7 @@ async def test_a_failure_inside_connect_undoes_what_connect_did(monkeypatch, cap
     """connect() failing after joining groups (before or after accepting) leaves nothing behind."""
     open_before = open_connections()
     if where == "before-accept":
-        monkeypatch.setattr(consumers, "header", fail)
+        monkeypatch.setattr(services, "presence_row", fail)
     else:
         monkeypatch.setattr(services, "latest_broadcast_id", fail)
     communicator = WebsocketCommunicator(
@@ -375,7 +375,7 @@ async def test_a_json_echo_over_the_size_limit_gets_an_error_envelope(settings):
     error = await communicator.receive_json_from()
     assert error == {
         "type": "error",
-        "error": "the echo reply would be 1010 bytes, over the limit of 1000 bytes: send a shorter text",
+        "error": "the echo reply would be 1013 bytes, over the limit of 1000 bytes",
     }
     await communicator.send_json_to({"type": "echo", "text": "x" * 900})
     assert (await communicator.receive_json_from())["type"] == "echo"

@@ -28,7 +28,7 @@ class Command(BaseCommand):
         try:
             broadcast = services.broadcast_send(text=text, group=group)
             live = services.live_connections(group=group).count()
-        except (services.InvalidGroupName, services.BroadcastNotSent) as error:
+        except (services.InvalidGroupName, services.InvalidBroadcast, services.BroadcastNotSent) as error:
             raise CommandError(str(error)) from None
         except DatabaseError as error:
             raise CommandError(f"the database is unavailable: {error}") from None
