@@ -1,13 +1,12 @@
-"""The Redis channel layers the settings choose from, made to ride out a burst and an outage.
+"""The Redis channel layer: channels_redis's pub/sub layer, made to ride out a burst and an outage.
 
-- ``RedisPubSubChannelLayer`` (the default): channels_redis's pub/sub layer, except that while
-  Redis is unreachable a new connection is still accepted (its subscriptions wait and are made
-  when Redis returns), the receive loop says so once per outage instead of logging a
-  traceback every second, and it says when Redis is back; and a consumer's queue holds at
-  most ``capacity`` messages: past that they are dropped, counted and logged, and the
-  consumer gets a ``channel.overflow`` message (it closes, and its client resumes).
-- ``RedisChannelLayer``: channels_redis's core layer with a pool that waits for a free
-  connection instead of failing past ``max_connections``.
+It carries what goes to one consumer (an administrator's disconnect; pushes come from
+echo.pushlog and are queued here by ``deliver_local``). While Redis is unreachable a new
+connection is still accepted (its subscriptions wait and are made when Redis returns); the
+receive loop says so once per outage instead of logging a traceback every second, and says when
+Redis is back; a consumer's queue holds at most ``capacity`` messages: past that they are dropped,
+counted and logged, and the consumer gets a ``channel.overflow`` message (it closes, and its client
+resumes).
 """
 
 import asyncio
@@ -15,11 +14,10 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Iterable
 
 from channels_redis import pubsub
-from channels_redis.core import RedisChannelLayer as StockRedisChannelLayer
 from channels_redis.utils import _wrap_close, decode_hosts
-from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -39,26 +37,15 @@ SECRET_PARAMETER = re.compile(r"[?&](?:password|passwd|pass|pwd|secret|token|aut
 SAFE_USER = re.compile(r"[A-Za-z0-9._~-]{0,64}")
 
 
-class RedisChannelLayer(StockRedisChannelLayer):
-    """A channels_redis core layer whose pools queue for a free connection past ``max_connections``.
+class Outage:
+    """Whether one part of this process can reach Redis, logged once when that changes.
 
-    redis-py 8's ``ConnectionPool`` raises ``MaxConnectionsError`` as soon as every
-    connection is busy, so a burst of a few hundred handshakes (each one a ``group_add``)
-    fails with HTTP 500. ``BlockingConnectionPool`` makes them wait their turn, for up to
-    the host's ``timeout`` seconds, on a bounded number of Redis connections.
+    ``part`` names what waits for Redis (the channel layer, the push log), so that each part
+    says once what an outage costs it, and once that it is over.
     """
 
-    def create_pool(self, index: int) -> BlockingConnectionPool:
-        host = dict(self.hosts[index])
-        address = host.pop("address")
-        return BlockingConnectionPool.from_url(address, **host)
-
-
-class Outage:
-    """Whether this process can reach one Redis host, logged once when that changes."""
-
-    def __init__(self, host: dict) -> None:
-        self.where = redacted_address(host)
+    def __init__(self, where: str, *, part: str, waiting: str) -> None:
+        self.where, self.part, self.waiting = where, part, waiting
         self.since: float | None = None
 
     def down(self, error: BaseException) -> None:
@@ -66,17 +53,19 @@ class Outage:
         if self.since is None:
             self.since = time.monotonic()
             logger.warning(
-                "Redis at %s is unreachable (%s): echo and new connections go on, "
-                "broadcasts wait until it is back",
+                "Redis at %s is unreachable (%s) for the %s: echo and new connections go on, %s",
                 self.where,
                 error,
+                self.part,
+                self.waiting,
             )
 
     def up(self) -> None:
         if self.since is not None:
             logger.warning(
-                "Redis at %s is reachable again after %.1f s; subscriptions restored",
+                "Redis at %s is reachable again for the %s after %.1f s",
                 self.where,
+                self.part,
                 time.monotonic() - self.since,
             )
             self.since = None
@@ -87,12 +76,12 @@ class ResilientShard(pubsub.RedisSingleShardConnection):
 
     def __init__(self, host: dict, channel_layer: pubsub.RedisPubSubLoopLayer) -> None:
         super().__init__(host, channel_layer)
-        self.outage = Outage(host)
+        where = redacted_address(host)
+        self.outage = Outage(where, part="channel layer", waiting="messages to one connection wait")
         self.pending_subscribe: set[str] = set()
         self.pending_unsubscribe: set[str] = set()
         self.patterns: set[str] = set()
         self.pending_patterns: set[str] = set()
-        self.overflowed: set[str] = set()
 
     async def psubscribe(self, pattern: str) -> None:
         """Subscribe to every channel matching ``pattern`` (once), now or when Redis is back."""
@@ -117,7 +106,7 @@ class ResilientShard(pubsub.RedisSingleShardConnection):
             self.pending_subscribe.add(channel)
 
     async def unsubscribe(self, channel: str) -> None:
-        self.overflowed.discard(channel)
+        self.channel_layer.overflowed.discard(channel)
         if channel in self.pending_subscribe:
             self.pending_subscribe.discard(channel)
             return
@@ -135,28 +124,11 @@ class ResilientShard(pubsub.RedisSingleShardConnection):
             name = name.decode()
         layer = self.channel_layer
         if name in layer.channels:
-            self.deliver(name, data)
+            layer.deliver(name, data)
         elif name in layer.groups:
             for channel in layer.groups[name]:
                 if channel in layer.channels:
-                    self.deliver(channel, data)
-
-    def deliver(self, channel: str, data: bytes) -> None:
-        """Queue ``data`` for a consumer, or drop it if the consumer is ``capacity`` messages behind."""
-        queue = self.channel_layer.channels[channel]
-        if queue.qsize() < self.channel_layer.capacity:
-            queue.put_nowait(data)
-            return
-        metrics.overflow_drops.inc()
-        if channel not in self.overflowed:
-            self.overflowed.add(channel)
-            queue.put_nowait(self.channel_layer.channel_layer.serialize(OVERFLOW_MESSAGE))
-            logger.warning(
-                "channel %s is %d messages behind: dropping what comes next and closing it, "
-                "its client will resume what it missed",
-                channel,
-                queue.qsize() - 1,
-            )
+                    layer.deliver(channel, data)
 
     async def catch_up(self) -> None:
         """Make the subscription changes that an outage held back."""
@@ -211,8 +183,26 @@ class ResilientLoopLayer(pubsub.RedisPubSubLoopLayer):
     def __init__(self, hosts=None, *args, capacity: int = DEFAULT_CAPACITY, **kwargs) -> None:
         super().__init__(hosts, *args, **kwargs)
         self.capacity = capacity
+        self.overflowed: set[str] = set()
         self._shards = [ResilientShard(host, self) for host in decode_hosts(hosts)]
         self.process_token = uuid.uuid4().hex
+
+    def deliver(self, channel: str, data: bytes) -> None:
+        """Queue ``data`` for a consumer, or drop it if the consumer is ``capacity`` messages behind."""
+        queue = self.channels[channel]
+        if queue.qsize() < self.capacity:
+            queue.put_nowait(data)
+            return
+        metrics.overflow_drops.inc()
+        if channel not in self.overflowed:
+            self.overflowed.add(channel)
+            queue.put_nowait(self.channel_layer.serialize(OVERFLOW_MESSAGE))
+            logger.warning(
+                "channel %s is %d messages behind: dropping what comes next and closing it, "
+                "its client will resume what it missed",
+                channel,
+                queue.qsize() - 1,
+            )
 
     async def new_channel(self, prefix: str = "specific.") -> str:
         namespace = f"{self.prefix}{prefix}{self.process_token}."
@@ -227,6 +217,14 @@ class ResilientLoopLayer(pubsub.RedisPubSubLoopLayer):
 class RedisPubSubChannelLayer(pubsub.RedisPubSubChannelLayer):
     """channels_redis's pub/sub layer that keeps accepting connections while Redis is away."""
 
+    def deliver_local(self, channels: Iterable[str], message: dict) -> None:
+        """Queue ``message`` for each of ``channels`` that lives in this process, serialized once."""
+        layer = self._get_layer()
+        data = self.serialize(message)
+        for channel in channels:
+            if channel in layer.channels:
+                layer.deliver(channel, data)
+
     def _get_layer(self) -> ResilientLoopLayer:
         loop = asyncio.get_running_loop()
         try:
@@ -240,7 +238,10 @@ class RedisPubSubChannelLayer(pubsub.RedisPubSubChannelLayer):
 
 def redacted_address(host: dict) -> str:
     """Return a host's address for a log line, without its password."""
-    return redacted(str(host.get("address", host)))
+    if "address" in host:
+        return redacted(str(host["address"]))
+    sentinels = ",".join(f"{name}:{port}" for name, port in host.get("sentinels", ()))
+    return f"{host.get('master_name')} (sentinels {sentinels})"
 
 
 def redacted(url: str) -> str:

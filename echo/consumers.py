@@ -7,12 +7,11 @@ import uuid
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from echo import metrics, protocol, services
+from echo import metrics, protocol, pushlog, services
 from echo.presence import registry
 
 logger = logging.getLogger(__name__)
@@ -154,8 +153,10 @@ class EchoConsumer(BaseConsumer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.uses_json = False
-        self.names: list[str] = []  # the groups joined (or being joined): what disconnect() leaves
-        self.replayed: set[int] = set()
+        self.names: list[str] = []  # the groups joined: what disconnect() leaves
+        # The position of the last push this client has (or that it would not get live): pushes
+        # at or before it are not sent again.
+        self.position: int | None = None
         self.registered = False
 
     async def connect(self) -> None:
@@ -171,9 +172,12 @@ class EchoConsumer(BaseConsumer):
             await self.accept(subprotocol)
             await self.close(POLICY_VIOLATION, str(error))
             return
-        # Join before accepting, so that a broadcast sent once the handshake is done reaches us.
+        # Join before accepting, so that a push sent once the handshake is done reaches us; the
+        # tail's position, read in the same step, divides what comes live from what came before.
+        self.position = await pushlog.tail.ready()
         for name in [services.ALL_GROUP, *names][:MAX_GROUPS]:
-            await self.join(name)
+            self.join(name)
+        self.position = pushlog.tail.position
         row = services.presence_row(
             scope=self.scope,
             channel=self.channel_name,
@@ -186,21 +190,21 @@ class EchoConsumer(BaseConsumer):
         await self.accept(subprotocol)
         if self.uses_json:
             username = self.scope["user"].get_username() if row["user_id"] is not None else None
-            last = await database_sync_to_async(services.latest_broadcast_id)()
             fields = {"connection": self.connection_id, "user": username, "groups": self.names}
-            await self.send(text_data=protocol.encode("welcome", **fields, last_broadcast=last))
+            await self.send(text_data=protocol.encode("welcome", **fields, last_broadcast=self.position))
         if after is not None:
             await self.replay(after)
 
     async def replay(self, after: int) -> None:
-        """Send the broadcasts this client missed since ``after``, before any live one."""
-        missed, truncated = await database_sync_to_async(services.missed_broadcasts)(
-            after=after, groups=self.names
-        )
+        """Send the pushes this client missed since position ``after``, before any live one."""
+        live_from = self.position
+        missed, truncated = await pushlog.read_after(after, upto=live_from, groups=self.names)
+        # Pushes up to ``after`` the client has; after ``live_from`` they come live.
+        self.position = max(after, live_from or 0)
         replayed = 0
-        for broadcast in missed:
-            self.replayed.add(broadcast.pk)
-            replayed += await self.broadcast_message(services.broadcast_event(broadcast), replay=True)
+        for event in missed:
+            replayed += await self.send_push(event)
+        self.position = max(self.position, *(event["id"] for event in missed), 0)
         if self.uses_json:
             resumed = protocol.encode("resumed", after=after, replayed=replayed, truncated=truncated)
             await self.send(text_data=resumed)
@@ -209,7 +213,7 @@ class EchoConsumer(BaseConsumer):
         """Leave the groups, count the connection out and log its end."""
         try:
             for name in self.names:
-                await self.channel_layer.group_discard(services.layer_group(name), self.channel_name)
+                pushlog.tail.leave(name, self.channel_name)
         finally:
             if self.registered:
                 registry.remove(self.connection_id)
@@ -232,38 +236,43 @@ class EchoConsumer(BaseConsumer):
                 reply = services.echo_reply(text=message.value)
                 await self.send(text_data=protocol.encode_within(self.max_size, "echo", text=reply))
             elif message.type == "join":
-                await self.join(services.validate_group_name(message.value))
+                self.join(services.validate_group_name(message.value))
                 await self.send(text_data=protocol.encode("joined", group=message.value, groups=self.names))
             else:
-                await self.leave(services.validate_group_name(message.value))
+                self.leave(services.validate_group_name(message.value))
                 await self.send(text_data=protocol.encode("left", group=message.value, groups=self.names))
         except (protocol.ProtocolError, services.InvalidGroupName) as error:
             await self.send(text_data=protocol.encode("error", error=str(error)))
 
-    async def join(self, name: str) -> None:
-        """Add this connection to the group ``name``."""
+    def join(self, name: str) -> None:
+        """Add this connection to the group ``name``: this process's tail delivers its pushes."""
         if name in self.names:
             return
         if len(self.names) >= MAX_GROUPS:
             raise services.InvalidGroupName(f"a connection may be in at most {MAX_GROUPS} groups")
-        self.names.append(name)  # first: if group_add fails half-way, disconnect() still leaves it
-        await self.channel_layer.group_add(services.layer_group(name), self.channel_name)
+        pushlog.tail.join(name, self.channel_name)
+        self.names.append(name)
         registry.update(self.connection_id, groups=",".join(self.names))
 
-    async def leave(self, name: str) -> None:
+    def leave(self, name: str) -> None:
         """Take this connection out of the group ``name``."""
         if name == services.ALL_GROUP:
             raise services.InvalidGroupName(f"every connection stays in {services.ALL_GROUP!r}")
         if name not in self.names:
             return
-        await self.channel_layer.group_discard(services.layer_group(name), self.channel_name)
+        pushlog.tail.leave(name, self.channel_name)
         self.names.remove(name)
         registry.update(self.connection_id, groups=",".join(self.names))
 
-    async def broadcast_message(self, event: dict, replay: bool = False) -> bool:
-        """Relay a broadcast to the client, unless the replay already did; say whether it was sent."""
-        if not replay and event.get("id") in self.replayed:
-            return False
+    async def broadcast_message(self, event: dict) -> None:
+        """Relay a live push to the client, unless it has it already (a replay sent it)."""
+        if self.position is not None and event["id"] <= self.position:
+            return
+        self.position = event["id"]
+        await self.send_push(event)
+
+    async def send_push(self, event: dict) -> bool:
+        """Send one push to the client; say whether it was sent."""
         try:
             frame = services.broadcast_frame(event=event, as_json=self.uses_json, limit=self.max_size)
         except services.InvalidBroadcast as error:

@@ -17,3 +17,6 @@ channel_layer_errors = Counter(
 slow_client_closes = Counter(
     "echo_slow_client_closes", "Connections closed because they stopped reading what was sent to them."
 )
+push_log_members = Gauge(
+    "echo_push_log_members", "Group memberships the push-log tail of this process delivers to."
+)

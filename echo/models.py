@@ -2,32 +2,42 @@
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class Broadcast(models.Model):
-    """A message pushed by the server to every connection of a group."""
+    """A message pushed by the server to every connection of a group: the push log's history."""
 
+    # Its place in the push log (echo.pushlog): the order every client gets pushes in, and the id
+    # they see and resume from. None when Redis refused it.
+    position = models.BigIntegerField(null=True, blank=True, unique=True)
     text = models.TextField()
     group = models.CharField(max_length=90, default="all", db_index=True)
     sender = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    sent_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    # True from the start, so that a client resuming at the moment of sending gets it too;
-    # False once Redis refused it: the sender was told, and it is never replayed.
-    pushed = models.BooleanField(
-        default=True, help_text="False if Redis refused it; it is then never replayed."
-    )
+    sent_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # False when Redis refused it: the sender was told, and no client ever gets it.
+    pushed = models.BooleanField(default=True, help_text="False if Redis refused it: nobody got it.")
 
     class Meta:
         ordering = ["-sent_at", "-id"]
 
     def __str__(self) -> str:
-        return f"#{self.pk} to {self.group}: {self.text[:50]}"
+        return f"#{self.position or '-'} to {self.group}: {self.text[:50]}"
 
     @property
     def sender_name(self) -> str:
         return self.sender.get_username() if self.sender else "server"
+
+    def push(self) -> dict:
+        """Return what the push log carries of this broadcast (echo.pushlog)."""
+        return {
+            "group": self.group,
+            "text": self.text,
+            "sender": self.sender_name,
+            "sent_at": self.sent_at.isoformat(),
+        }
 
 
 class ServerProcess(models.Model):

@@ -13,11 +13,11 @@ from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Max, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from echo import metrics, protocol
-from echo.channel_layer import REDIS_DOWN, redacted
+from echo import metrics, protocol, pushlog
+from echo.channel_layer import REDIS_DOWN
 from echo.models import Broadcast, Connection
 
 logger = logging.getLogger(__name__)
@@ -27,20 +27,17 @@ BROADCAST_PREFIX = "Server broadcast: "
 
 # Every ws/ connection is in this group; a broadcast with no group goes to it.
 ALL_GROUP = "all"
-# Channel-layer message types, each handled by the consumer method of the same name.
-BROADCAST_MESSAGE = "broadcast.message"
+# Channel-layer message types, each handled by the consumer method of the same name (pushes
+# arrive as echo.pushlog.BROADCAST_MESSAGE).
 CLOSE_MESSAGE = "connection.close"
 
-# The characters Channels accepts in group names; 90 leaves room for the prefix below
-# within Channels' limit of 100.
 GROUP_NAME_MAX = 90
 GROUP_NAME = re.compile(rf"[a-zA-Z0-9\-_.]{{1,{GROUP_NAME_MAX}}}")
-LAYER_GROUP_PREFIX = "group."
 
 # Close code an administrator's disconnect sends (4000-4999: for applications).
 ADMIN_DISCONNECT_CODE = 4000
 
-# The largest broadcast id (a 64-bit primary key) and the longest sent_at a frame can carry:
+# The largest broadcast id (a 64-bit position) and the longest sent_at a frame can carry:
 # a text is checked against its envelope with every other field at its longest.
 MAX_BROADCAST_ID = 2**63 - 1
 LONGEST_SENT_AT = "2026-11-21T06:10:00.000000+00:00"
@@ -57,7 +54,7 @@ class InvalidBroadcast(ValueError):
 
 
 class BroadcastNotSent(RuntimeError):
-    """The broadcast was recorded but the channel layer could not take it."""
+    """The broadcast was recorded but Redis did not take it (or did not confirm it)."""
 
     def __init__(self, message: str, *, broadcast: Broadcast) -> None:
         super().__init__(message)
@@ -152,11 +149,6 @@ def broadcast_frame(*, event: dict, as_json: bool, limit: float) -> str:
     return frame
 
 
-def layer_group(name: str) -> str:
-    """Return the channel-layer group that carries the group ``name``."""
-    return LAYER_GROUP_PREFIX + name
-
-
 def presence_row(*, scope: dict, channel: str, peer: str, groups: list[str], subprotocol: str | None) -> dict:
     """Return what the presence registry records of a new ws/ connection."""
     user = scope.get("user")
@@ -173,37 +165,36 @@ def presence_row(*, scope: dict, channel: str, peer: str, groups: list[str], sub
     }
 
 
-def broadcast_event(broadcast: Broadcast) -> dict:
-    """Return the channel-layer message that delivers ``broadcast``."""
-    return {
-        "type": BROADCAST_MESSAGE,
-        "id": broadcast.pk,
-        "text": broadcast.text,
-        "group": broadcast.group,
-        "sender": broadcast.sender_name,
-        "sent_at": broadcast.sent_at.isoformat(),
-    }
-
-
 def broadcast_send(*, text: str, group: str = ALL_GROUP, sender: AbstractBaseUser | None = None) -> Broadcast:
-    """Record a broadcast, then push it to every connection in ``group`` on every process."""
+    """Push ``text`` to every connection in ``group`` on every process, through the push log, and
+    record it; its ``position`` is the id clients see, in the one order all senders share."""
     validate_group_name(group)
-    validate_broadcast_text(text)  # before recording: what is stored must be deliverable
-    broadcast = Broadcast.objects.create(text=text, group=group, sender=sender)
+    validate_broadcast_text(text)  # before anything: what is pushed and stored must be deliverable
+    broadcast = Broadcast(text=text, group=group, sender=sender)
+    floor = pushlog.stored_top()
     try:
-        async_to_sync(_publish)(layer_group(group), broadcast_event(broadcast))
+        broadcast.position = pushlog.append(broadcast.push(), floor=floor)
+        pushlog.confirm_replicated()
     except Exception as error:
         metrics.broadcasts_failed.inc()
-        Broadcast.objects.filter(pk=broadcast.pk).update(pushed=False)
-        where = redacted(settings.REDIS_URL)
-        problem = "is unreachable" if isinstance(error, (*REDIS_DOWN, TimeoutError)) else "failed"
-        raise BroadcastNotSent(
-            f"Redis at {where} {problem} ({describe_error(error)}): "
-            f"broadcast #{broadcast.pk} is recorded but not sent",
-            broadcast=broadcast,
-        ) from error
+        if broadcast.position is None:
+            state = "is unreachable" if isinstance(error, (*REDIS_DOWN, TimeoutError)) else "failed"
+            broadcast.pushed = False
+            broadcast.save()
+            message = (
+                f"Redis at {pushlog.redis_address()} {state} ({describe_error(error)}): "
+                f"broadcast (record {broadcast.pk}) is recorded but not sent"
+            )
+        else:
+            broadcast.save()
+            message = (
+                f"broadcast #{broadcast.position} is sent, but no replica confirmed it "
+                f"({describe_error(error)}): a Redis failover now could lose it"
+            )
+        raise BroadcastNotSent(message, broadcast=broadcast) from error
+    broadcast.save()
     metrics.broadcasts_sent.inc()
-    logger.info("broadcast=%s group=%s sender=%s sent", broadcast.pk, group, broadcast.sender_name)
+    logger.info("broadcast=%s group=%s sender=%s sent", broadcast.position, group, broadcast.sender_name)
     return broadcast
 
 
@@ -216,24 +207,6 @@ def parse_after(values: list[str] | None) -> int | None:
     if not digits or int(value) > MAX_BROADCAST_ID:
         raise ValueError(f"invalid after {protocol.shown(value)}: expected the id of a broadcast")
     return int(value)
-
-
-def latest_broadcast_id() -> int:
-    """Return the id of the newest broadcast, 0 if there is none: where a new client starts."""
-    return Broadcast.objects.aggregate(latest=Max("id"))["latest"] or 0
-
-
-def missed_broadcasts(*, after: int, groups: list[str]) -> tuple[list[Broadcast], bool]:
-    """Return the broadcasts to ``groups`` after id ``after``, oldest first, within the replay window.
-
-    The window is the last ``REPLAY_MAX_AGE`` seconds and at most ``REPLAY_MAX_COUNT``
-    broadcasts (the newest); the flag says whether older ones inside the age were left out.
-    """
-    since = timezone.now() - timedelta(seconds=settings.REPLAY_MAX_AGE)
-    newest = Broadcast.objects.filter(id__gt=after, group__in=groups, pushed=True, sent_at__gte=since)
-    rows = list(newest.select_related("sender").order_by("-id")[: settings.REPLAY_MAX_COUNT + 1])
-    truncated = len(rows) > settings.REPLAY_MAX_COUNT
-    return rows[: settings.REPLAY_MAX_COUNT][::-1], truncated
 
 
 def disconnect(*, connections: Iterable[Connection], reason: str) -> int:
@@ -265,11 +238,6 @@ def describe_error(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-async def _publish(group: str, event: dict) -> None:
-    async with _private_layer() as layer:
-        await layer.group_send(group, event)
-
-
 async def _send_each(channels: list[str], event: dict) -> None:
     async with _private_layer() as layer:
         for channel in channels:
@@ -289,6 +257,4 @@ async def _private_layer():
         async with asyncio.timeout(settings.CHANNEL_LAYER_SEND_TIMEOUT):
             yield layer
     finally:
-        # The core layer's flush() would delete every group; close_pools() only disconnects.
-        close = getattr(layer, "close_pools", None) or layer.flush
-        await close()
+        await layer.flush()

@@ -40,8 +40,8 @@ def channel_layers_for(redis_url: str) -> dict:
 
 @pytest.fixture
 def channel_layer_settings(redis_server: RedisServer) -> Iterator[None]:
-    """Point the channel layer of this test process at the private Redis."""
-    with override_settings(CHANNEL_LAYERS=channel_layers_for(redis_server.url)):
+    """Point the channel layer and the push log of this test process at the private Redis."""
+    with override_settings(CHANNEL_LAYERS=channel_layers_for(redis_server.url), REDIS_URL=redis_server.url):
         yield
 
 
@@ -107,12 +107,6 @@ def daphne(daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
 def daphne_b(daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
     """A second live Daphne on another port, sharing the Redis and the database with the first."""
     yield from serving(DaphneServer(env=daphne_env))
-
-
-@pytest.fixture(params=["pubsub", "core"])
-def layer_daphne(request, daphne_env: dict[str, str]) -> Iterator[DaphneServer]:
-    """A Daphne of this test's own, once with each channel layer the settings offer."""
-    yield from serving(DaphneServer(env={**daphne_env, "CHANNEL_LAYER": request.param}))
 
 
 @pytest.fixture

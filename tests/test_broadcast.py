@@ -4,18 +4,17 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import timedelta
 from io import StringIO
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
-from django.utils import timezone
 
-from echo import services
-from echo.channel_layer import redacted
+from echo import pushlog, services
 from echo.consumers import EchoConsumer
 from echo.models import Broadcast
 from tests.servers import ROOT, free_port
@@ -51,13 +50,15 @@ async def test_command_reaches_connected_clients_and_records_the_broadcast():
     assert await plain.receive_from(timeout=3) == "Server broadcast: deploy at 5 ✓"
     assert await json.receive_json_from(timeout=3) == {
         "type": "broadcast",
-        "id": broadcast.pk,
+        "id": broadcast.position,
         "text": "deploy at 5 ✓",
         "group": "all",
         "sender": "server",
         "sent_at": broadcast.sent_at.isoformat(),
     }
-    assert out.getvalue().startswith(f"Broadcast #{broadcast.pk} sent to group 'all'; the registry knows ")
+    assert out.getvalue().startswith(
+        f"Broadcast #{broadcast.position} sent to group 'all'; the registry knows "
+    )
     assert out.getvalue().count("\n") == 1
     await plain.disconnect()
     await json.disconnect()
@@ -115,17 +116,13 @@ def test_command_with_redis_down_exits_non_zero_with_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("CommandError: Redis at redis://:***@127.0.0.1:")
-    assert "is unreachable (" in lines[0] and lines[0].endswith("): broadcast #1 is recorded but not sent")
+    assert "is unreachable (" in lines[0] and lines[0].endswith(
+        "): broadcast (record 1) is recorded but not sent"
+    )
     assert "s3cret" not in result.stderr + result.stdout
     with sqlite3.connect(tmp_path / "db.sqlite3") as db:
         assert db.execute("SELECT text, pushed FROM echo_broadcast").fetchall() == [("hello", 0)]
     assert "Traceback" not in result.stderr
-
-
-def test_redacted_hides_only_the_password():
-    """URLs in messages keep their host and database but lose the password."""
-    assert redacted("redis://user:pw@cache:6379/2") == "redis://user:***@cache:6379/2"
-    assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
 
 
 @pytest.mark.parametrize("name", ["red", "a.b-c_9", "x" * 90])
@@ -143,7 +140,27 @@ def test_invalid_group_names_are_refused(name):
 
 @database_sync_to_async
 def send_many(*texts: str, group: str = "all") -> list[int]:
-    return [services.broadcast_send(text=text, group=group).pk for text in texts]
+    """Send broadcasts one after another; return their positions in the push log."""
+    return [services.broadcast_send(text=text, group=group).position for text in texts]
+
+
+async def resume(after: int) -> tuple[list[dict], dict]:
+    """Connect a JSON client with ?after=; return the pushes replayed and the resumed envelope."""
+    communicator = WebsocketCommunicator(
+        EchoConsumer.as_asgi(), f"/ws/?after={after}", subprotocols=["echo.json"]
+    )
+    assert (await communicator.connect())[0]
+    assert (await communicator.receive_json_from())["type"] == "welcome"
+    replayed = []
+    while (message := await communicator.receive_json_from(timeout=3))["type"] == "broadcast":
+        replayed.append(message)
+    await communicator.disconnect()
+    return replayed, message
+
+
+def delete_from_the_log(*positions: int) -> None:
+    """Take pushes out of the Redis stream, as trimming or a Redis that lost its data does."""
+    pushlog.sync_client().xdel(settings.PUSH_LOG_KEY, *(f"0-{position}" for position in positions))
 
 
 async def test_reconnecting_client_gets_what_it_missed_in_order_then_live_ones():
@@ -172,24 +189,32 @@ async def test_reconnecting_client_gets_what_it_missed_in_order_then_live_ones()
     await communicator.disconnect()
 
 
-async def test_replay_is_bounded_by_count_and_age(settings):
-    """At most REPLAY_MAX_COUNT (the newest) and nothing older than REPLAY_MAX_AGE."""
-    settings.REPLAY_MAX_COUNT = 2
-    ids = await send_many("a", "b", "c", "d")
-    await Broadcast.objects.filter(pk=ids[0]).aupdate(sent_at=timezone.now() - timedelta(hours=2))
-    missed, truncated = await database_sync_to_async(services.missed_broadcasts)(after=0, groups=["all"])
-    assert [b.text for b in missed] == ["c", "d"] and truncated
-    settings.REPLAY_MAX_COUNT = 10
-    missed, truncated = await database_sync_to_async(services.missed_broadcasts)(after=0, groups=["all"])
-    assert [b.text for b in missed] == ["b", "c", "d"] and not truncated
+async def test_a_resume_the_log_no_longer_holds_comes_from_the_database():
+    """Pushes trimmed from the stream (or lost with Redis's data) are replayed from the database."""
+    a, b, c, d = await send_many("a", "b", "c", "d")
+    await database_sync_to_async(delete_from_the_log)(a, b)
+    replayed, resumed = await resume(a - 1)
+    assert [(m["id"], m["text"]) for m in replayed] == [(a, "a"), (b, "b"), (c, "c"), (d, "d")]
+    assert resumed == {"type": "resumed", "after": a - 1, "replayed": 4, "truncated": False}
+
+
+async def test_a_resume_older_than_the_log_and_the_database_is_told_truncated():
+    """What neither the stream nor the database holds any more is reported, never silently short."""
+    a, b, _ = await send_many("a", "b", "c")
+    await database_sync_to_async(delete_from_the_log)(a, b)
+    await Broadcast.objects.filter(position=a).adelete()
+    replayed, resumed = await resume(a - 1)
+    assert [m["text"] for m in replayed] == ["b", "c"]
+    assert resumed["truncated"] is True
 
 
 async def test_a_broadcast_redis_refused_is_never_replayed():
-    """A broadcast whose push failed is marked so and left out of replays."""
+    """A broadcast whose push failed has no position and is left out of replays."""
+    (before,) = await send_many("before")
     await Broadcast.objects.acreate(text="refused", group="all", pushed=False)
     (kept,) = await send_many("kept")
-    missed, _ = await database_sync_to_async(services.missed_broadcasts)(after=0, groups=["all"])
-    assert [b.pk for b in missed] == [kept]
+    replayed, _ = await resume(before)
+    assert [m["id"] for m in replayed] == [kept]
 
 
 async def test_plain_client_replay_and_bad_after():
@@ -268,7 +293,8 @@ def test_command_line_text_that_cannot_be_delivered_exits_1_with_one_line(tmp_pa
 async def test_a_stored_broadcast_too_large_to_deliver_is_skipped_in_a_replay(settings, caplog):
     """An old broadcast over the size limit is left out of a replay with a WARNING; the rest arrive."""
     first, before = await send_many("one", "two")
-    huge = await Broadcast.objects.acreate(text="x" * 3000, group="all")  # recorded before the check
+    push = {"text": "x" * 3000, "group": "all", "sender": "server", "sent_at": "2026-01-01T00:00:00+00:00"}
+    huge = await sync_to_async(pushlog.append)(push, floor=0)  # pushed before sizes were checked
     (after,) = await send_many("three")
     settings.WEBSOCKET_MAX_MESSAGE_SIZE = 2000
     communicator = WebsocketCommunicator(
@@ -283,7 +309,7 @@ async def test_a_stored_broadcast_too_large_to_deliver_is_skipped_in_a_replay(se
         "replayed": 2,
         "truncated": False,
     }
-    assert any(f"broadcast={huge.pk} not sent" in r.getMessage() for r in caplog.records)
+    assert any(f"broadcast={huge} not sent" in r.getMessage() for r in caplog.records)
     plain = WebsocketCommunicator(EchoConsumer.as_asgi(), f"/ws/?after={first}")
     assert (await plain.connect())[0]
     assert [await plain.receive_from() for _ in range(2)] == [

@@ -6,15 +6,16 @@ import logging
 
 import channels.consumer
 import pytest
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from prometheus_client import REGISTRY
 
-from echo import services
+from echo import pushlog, services
 from echo.consumers import EchoConsumer, RawEchoConsumer
 from echo.presence import PresenceRegistry
-from echo.services import BROADCAST_MESSAGE, layer_group
 
 pytestmark = [
     pytest.mark.usefixtures("channel_layer_settings", "registry"),
@@ -56,10 +57,20 @@ async def test_raw_echo_returns_exactly_what_came(payload):
     await communicator.disconnect()
 
 
+async def log_top() -> int:
+    """The position of the newest push in the log (the test Redis is shared by the session)."""
+    return int(await sync_to_async(pushlog.sync_client().get)(pushlog.counter_key()) or 0)
+
+
+async def push(text: str, group: str = "all"):
+    """Send a broadcast the way the command and the admin do."""
+    return await database_sync_to_async(services.broadcast_send)(text=text, group=group)
+
+
 async def test_echo_connection_receives_group_broadcasts():
     """A ws/ connection joins the broadcast group and relays what is sent to it."""
     communicator = await connected(EchoConsumer, "/ws/")
-    await get_channel_layer().group_send(layer_group("all"), {"type": BROADCAST_MESSAGE, "text": "hi all"})
+    await push("hi all")
     assert await communicator.receive_from(timeout=3) == "Server broadcast: hi all"
     await communicator.disconnect()
 
@@ -143,26 +154,19 @@ async def test_bad_json_message_gets_an_error_envelope_and_the_connection_stays(
 async def test_json_client_joins_and_leaves_groups():
     """join and leave change which group broadcasts the client gets."""
     communicator = await connected_json()
-    layer = get_channel_layer()
     await communicator.send_json_to({"type": "join", "group": "red"})
     assert await communicator.receive_json_from() == {
         "type": "joined",
         "group": "red",
         "groups": ["all", "red"],
     }
-    event = {
-        "type": BROADCAST_MESSAGE,
-        "id": 1,
-        "text": "to red",
-        "group": "red",
-        "sender": "server",
-        "sent_at": "2026-01-01T00:00:00+00:00",
-    }
-    await layer.group_send(layer_group("red"), event)
-    assert await communicator.receive_json_from(timeout=3) == {**event, "type": "broadcast"}
+    sent = await push("to red", "red")
+    event = {"id": sent.position, "text": "to red", "group": "red", "sender": "server"}
+    received = await communicator.receive_json_from(timeout=3)
+    assert {key: received[key] for key in event} == event and received["type"] == "broadcast"
     await communicator.send_json_to({"type": "leave", "group": "red"})
     assert await communicator.receive_json_from() == {"type": "left", "group": "red", "groups": ["all"]}
-    await layer.group_send(layer_group("red"), event)
+    await push("to red again", "red")
     assert await communicator.receive_nothing(timeout=0.5)
     await communicator.disconnect()
 
@@ -170,9 +174,8 @@ async def test_json_client_joins_and_leaves_groups():
 async def test_plain_client_joins_groups_from_the_query_string():
     """?group=red puts a plain client in red (and all), not in blue."""
     communicator = await connected(EchoConsumer, "/ws/?group=red")
-    layer = get_channel_layer()
-    await layer.group_send(layer_group("blue"), {"type": BROADCAST_MESSAGE, "text": "to blue"})
-    await layer.group_send(layer_group("red"), {"type": BROADCAST_MESSAGE, "text": "to red"})
+    await push("to blue", "blue")
+    await push("to red", "red")
     assert await communicator.receive_from(timeout=3) == "Server broadcast: to red"
     assert await communicator.receive_nothing(timeout=0.3)
     await communicator.disconnect()
@@ -215,7 +218,9 @@ async def test_json_client_is_welcomed_with_its_user():
     assert (await communicator.connect())[0]
     welcome = await communicator.receive_json_from()
     assert (
-        welcome["user"] == "alice" and welcome["groups"] == ["all", "red"] and welcome["last_broadcast"] == 0
+        welcome["user"] == "alice"
+        and welcome["groups"] == ["all", "red"]
+        and welcome["last_broadcast"] == await log_top()
     )
     assert len(welcome["connection"]) == 8
     await communicator.disconnect()
@@ -240,12 +245,11 @@ async def test_messages_are_handled_without_a_thread_hop(monkeypatch):
 
 
 async def test_a_closed_connection_leaves_its_groups():
-    """After disconnect the layer holds no member for the connection in any of its groups."""
+    """After disconnect the process's push-log tail holds no member for the connection."""
     communicator = await connected(EchoConsumer, "/ws/?group=red")
-    layer = get_channel_layer()._get_layer()
-    assert layer.groups[layer._get_group_channel_name(layer_group("red"))]
+    assert pushlog.tail.members["red"]
     await communicator.disconnect()
-    assert layer.groups == {}, layer.groups
+    assert pushlog.tail.members == {}, pushlog.tail.members
 
 
 def open_connections() -> float:
@@ -257,7 +261,7 @@ def assert_cleaned_up(registry: PresenceRegistry, open_before: float) -> None:
     """No presence row, no gauge count and no group membership is left behind."""
     assert not registry.listeners and not registry.added and not registry.updated
     assert open_connections() == open_before
-    assert get_channel_layer()._get_layer().groups == {}
+    assert pushlog.tail.members == {}
 
 
 def fail(*args, **kwargs):
@@ -296,12 +300,13 @@ async def test_a_failure_inside_connect_undoes_what_connect_did(monkeypatch, cap
     if where == "before-accept":
         monkeypatch.setattr(services, "presence_row", fail)
     else:
-        monkeypatch.setattr(services, "latest_broadcast_id", fail)
-    communicator = WebsocketCommunicator(
-        EchoConsumer.as_asgi(), "/ws/?group=red&group=blue", subprotocols=["echo.json"]
-    )
+        monkeypatch.setattr(pushlog, "read_after", fail)
+    path = "/ws/?group=red&group=blue" + ("&after=0" if where == "after-accept" else "")
+    communicator = WebsocketCommunicator(EchoConsumer.as_asgi(), path, subprotocols=["echo.json"])
     assert (await communicator.connect())[0]
     closed = await communicator.receive_output()
+    if closed["type"] == "websocket.send":  # the welcome, sent before the replay failed
+        closed = await communicator.receive_output()
     assert (closed["type"], closed["code"]) == ("websocket.close", 1011)
     await communicator.wait()
     assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
@@ -386,20 +391,13 @@ async def test_a_broadcast_too_large_for_a_client_is_skipped_with_a_warning(sett
     """A broadcast frame over the limit is not sent (a WARNING says so); the connection stays open."""
     settings.WEBSOCKET_MAX_MESSAGE_SIZE = 1000
     plain, json_client = await connected(EchoConsumer, "/ws/"), await connected_json()
-    event = {
-        "type": BROADCAST_MESSAGE,
-        "id": 9,
-        "text": "x" * 990,
-        "group": "all",
-        "sender": "server",
-        "sent_at": "2026-01-01T00:00:00+00:00",
-    }
-    layer = get_channel_layer()
-    await layer.group_send(layer_group("all"), event)
-    await layer.group_send(layer_group("all"), {**event, "id": 10, "text": "small"})
+    push = {"text": "x" * 990, "group": "all", "sender": "server", "sent_at": "2026-01-01T00:00:00+00:00"}
+    # Straight into the log, as one recorded before broadcast_send checked sizes would be.
+    large = await sync_to_async(pushlog.append)(push, floor=0)
+    small = await sync_to_async(pushlog.append)({**push, "text": "small"}, floor=0)
     assert await plain.receive_from(timeout=3) == "Server broadcast: small"
-    assert (await json_client.receive_json_from(timeout=3))["id"] == 10
+    assert (await json_client.receive_json_from(timeout=3))["id"] == small
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 2 and all("broadcast=9 not sent" in line for line in warnings)
+    assert len(warnings) == 2 and all(f"broadcast={large} not sent" in line for line in warnings)
     await plain.disconnect()
     await json_client.disconnect()

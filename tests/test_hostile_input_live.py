@@ -97,13 +97,12 @@ async def wait_until(condition, what: str, timeout: float = 5) -> None:
 async def test_hostile_clients_leave_no_presence_row_gauge_or_subscription_behind(
     start_daphne, live_database, daphne_env
 ):
-    """After clients that used to crash their consumer are gone: gauge 0, no rows, no group subscription."""
+    """After clients that used to crash their consumer are gone: gauge 0, no rows, no group membership."""
     server = start_daphne(METRICS_PUBLIC="1")
-    subscribed = redis.Redis.from_url(daphne_env["REDIS_URL"])
     group = f"hostile{server.port}"
 
-    def subscriptions() -> int:
-        return subscribed.pubsub_numsub(f"asgi__group__group.{group}")[0][1]
+    def subscriptions() -> float:
+        return metric(server, "echo_push_log_members")
 
     async with (
         connect(server, f"/ws/?group={group}") as plain,
@@ -111,7 +110,7 @@ async def test_hostile_clients_leave_no_presence_row_gauge_or_subscription_behin
     ):
         assert (await next_envelope(json_client))["type"] == "welcome"
         await wait_until(lambda: rows_of(live_database, server) == 2, "2 rows")
-        assert metric(server, "echo_connections_open") == 2 and subscriptions() == 1
+        assert metric(server, "echo_connections_open") == 2 and subscriptions() == 4  # all and the group
         for frame in HOSTILE_FRAMES.values():
             await json_client.send(frame)
             assert (await next_envelope(json_client))["type"] == "error"
@@ -122,22 +121,25 @@ async def test_hostile_clients_leave_no_presence_row_gauge_or_subscription_behin
     await wait_until(lambda: metric(server, "echo_connections_open") == 0, "gauge 0")
     await wait_until(lambda: rows_of(live_database, server) == 0, "0 rows")
     assert subscriptions() == 0
-    subscribed.close()
 
 
 async def test_a_handler_failing_live_closes_with_1011_logs_once_and_cleans_up(daphne_env, tmp_path):
-    """A database with no tables makes the welcome fail: 1011, one logged traceback, nothing left behind."""
+    """A resume the push log cannot serve falls back to a database with no tables, and fails: 1011, one
+    logged traceback, nothing left behind."""
+    log_key = f"failing-log-{tmp_path.name}"
     empty = {"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}", "METRICS_PUBLIC": "1"}
-    server = DaphneServer(env={**daphne_env, **empty}).start()
+    server = DaphneServer(env={**daphne_env, **empty, "PUSH_LOG_KEY": log_key}).start()
     subscribed = redis.Redis.from_url(daphne_env["REDIS_URL"])
+    subscribed.set(f"{log_key}:position", 5)  # pushes 1-5 that the stream no longer holds
     group = f"failing{server.port}"
     try:
-        async with connect(server, f"/ws/?group={group}", json_protocol=True) as ws:
+        async with connect(server, f"/ws/?group={group}&after=0", json_protocol=True) as ws:
             with pytest.raises(websockets.ConnectionClosed):
-                await asyncio.wait_for(ws.recv(), 5)
+                while True:
+                    assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "welcome"
         assert (ws.close_code, ws.close_reason) == (1011, "internal server error")
         await wait_until(lambda: metric(server, "echo_connections_open") == 0, "gauge 0")
-        assert subscribed.pubsub_numsub(f"asgi__group__group.{group}")[0][1] == 0
+        assert metric(server, "echo_push_log_members") == 0
         log = server.wait_for_log("closed code=1011")
     finally:
         server.stop()

@@ -156,27 +156,27 @@ async def test_connection_life_and_messages_are_logged(daphne):
     assert "log me" not in "\n".join(lines)
 
 
-async def test_idle_client_survives_well_past_the_redis_read_timeout(layer_daphne):
+async def test_idle_client_survives_well_past_the_redis_read_timeout(fresh_daphne):
     """A client silent for 8 s (redis-py 8's default socket timeout is 5 s) still echoes and gets pushes."""
-    async with connect(layer_daphne) as ws:
+    async with connect(fresh_daphne) as ws:
         await asyncio.sleep(8)
         await ws.send("still here")
         assert await ws.recv() == "Server: Hello. You said: still here"
         command = [sys.executable, "manage.py", "broadcast", "push"]
         sent = await asyncio.to_thread(
-            subprocess.run, command, cwd=ROOT, env=layer_daphne.env, capture_output=True
+            subprocess.run, command, cwd=ROOT, env=fresh_daphne.env, capture_output=True
         )
         assert sent.returncode == 0, sent.stderr
         assert await asyncio.wait_for(ws.recv(), 5) == "Server broadcast: push"
     assert ws.protocol.close_rcvd.code == 1000
 
 
-async def test_300_simultaneous_connects_all_succeed(layer_daphne):
-    """300 handshakes at once (each a group_add on Redis) all get 101 and an echo."""
+async def test_300_simultaneous_connects_all_succeed(fresh_daphne):
+    """300 handshakes at once all get 101 and an echo (stock, a pool of 100 raised MaxConnectionsError)."""
     started = time.monotonic()
 
     async def one(n: int) -> str:
-        async with connect(layer_daphne) as ws:
+        async with connect(fresh_daphne) as ws:
             await ws.send(f"n{n}")
             return await asyncio.wait_for(ws.recv(), 30)
 
@@ -185,7 +185,7 @@ async def test_300_simultaneous_connects_all_succeed(layer_daphne):
     assert not failures, f"{len(failures)} of 300 failed, first: {failures[0]!r}"
     assert replies == [f"Server: Hello. You said: n{n}" for n in range(300)]
     assert time.monotonic() - started < 60
-    assert "MaxConnectionsError" not in layer_daphne.log()
+    assert "MaxConnectionsError" not in fresh_daphne.log()
 
 
 async def test_unknown_websocket_path_is_refused_with_a_log_line(daphne):

@@ -35,7 +35,6 @@ def test_production_refuses_to_start_without_a_secret_key():
 @pytest.mark.parametrize(
     ("name", "value", "line"),
     [
-        ("CHANNEL_LAYER", "kafka", "CHANNEL_LAYER must be pubsub or core, not 'kafka'."),
         ("EVENT_LOOP", "trio", "EVENT_LOOP must be uvloop or asyncio, not 'trio'."),
     ],
 )

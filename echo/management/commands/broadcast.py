@@ -35,7 +35,7 @@ class Command(BaseCommand):
         if verbosity >= 1:
             self.stdout.write(
                 self.style.SUCCESS(
-                    f"Broadcast #{broadcast.pk} sent to group {group!r}; "
+                    f"Broadcast #{broadcast.position} sent to group {group!r}; "
                     f"the registry knows {live} live connection(s) there."
                 )
             )
