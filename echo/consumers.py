@@ -1,5 +1,6 @@
 """WebSocket consumers: they move messages between a socket, the channel layer and echo.services."""
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -22,6 +23,7 @@ messages_logger = logging.getLogger("echo.messages")
 # How many groups one connection may be in, "all" included.
 MAX_GROUPS = 20
 POLICY_VIOLATION = 1008
+ABNORMAL_CLOSURE = 1006  # what a client is told of a connection that ended without a close frame
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 INTERNAL_REASON = "internal server error"
@@ -51,6 +53,13 @@ class BaseConsumer(AsyncWebsocketConsumer):
             # open-connections gauge and the group memberships would stay behind.
             logger.exception("conn=%s peer=%s failed: closing with 1011", self.connection_id, self.peer)
             await self.abort(send)
+        except asyncio.CancelledError:
+            # Daphne cancels an application that outlives its socket by application_close_timeout
+            # (one stuck waiting on Redis or the database) and every application at shutdown. The
+            # clean-up awaits nothing, so it completes here, before the cancellation goes on.
+            logger.info("conn=%s peer=%s cancelled: cleaning up", self.connection_id, self.peer)
+            await self.end(ABNORMAL_CLOSURE)
+            raise
 
     async def abort(self, send) -> None:
         """Close with 1011 (accepting first: a close code needs an open socket), then clean up."""
@@ -210,7 +219,8 @@ class EchoConsumer(BaseConsumer):
             await self.send(text_data=resumed)
 
     async def disconnect(self, code: int) -> None:
-        """Leave the groups, count the connection out and log its end."""
+        """Leave the groups, count the connection out and log its end (awaiting nothing: it also
+        runs when the consumer is cancelled)."""
         try:
             for name in self.names:
                 pushlog.tail.leave(name, self.channel_name)

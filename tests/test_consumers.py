@@ -1,6 +1,7 @@
 """The consumers on their own, through Channels' WebsocketCommunicator, over a real Redis."""
 
 import asyncio
+import contextlib
 import json
 import logging
 
@@ -401,3 +402,24 @@ async def test_a_broadcast_too_large_for_a_client_is_skipped_with_a_warning(sett
     assert len(warnings) == 2 and all(f"broadcast={large} not sent" in line for line in warnings)
     await plain.disconnect()
     await json_client.disconnect()
+
+
+async def test_a_consumer_cancelled_mid_connect_leaves_nothing_behind(monkeypatch, registry):
+    """Daphne cancels an application that outlives its socket (stuck on Redis, say): no presence row,
+    no group membership and no gauge count stay behind."""
+    open_before = open_connections()
+    stuck = asyncio.Event()
+
+    async def hang(*args, **kwargs):
+        stuck.set()
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(pushlog, "read_after", hang)
+    communicator = WebsocketCommunicator(EchoConsumer.as_asgi(), "/ws/?group=red&after=0")
+    assert (await communicator.connect())[0]
+    await asyncio.wait_for(stuck.wait(), 3)
+    assert registry.added and pushlog.tail.members and open_connections() == open_before + 1
+    communicator.future.cancel()  # what Daphne's application checker does
+    with contextlib.suppress(asyncio.CancelledError):
+        await communicator.future
+    assert_cleaned_up(registry, open_before)
