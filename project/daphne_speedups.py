@@ -8,12 +8,21 @@ What the profiler (py-spy, under `python -m bench` churn) showed and what is cha
 - Daphne runs Twisted on a stock asyncio loop, created when ``daphne.server`` is imported,
   before the project can choose. Before the reactor starts, its loop is swapped for uvloop's
   (about +20% connections/s, see the README). ``EVENT_LOOP=asyncio`` keeps the stock loop.
+  uvloop reports an error on a socket (libuv's poll sees EPOLLERR: a peer that reset the
+  connection with data still unread, such as half a frame) by calling its reader once and then
+  closing its poll for good, without telling the reactor. Twisted's one read took the data, not
+  the error, so the connection was never seen to end (its consumer, presence row and gauge
+  count leaked) and the next write to that descriptor raised "UVPoll closed" (found by
+  ``python -m bench.fuzz``). On uvloop the reactor's read callback therefore reads on, within
+  the same call, while the socket has data or an error pending: the error reaches Twisted,
+  which ends the connection and lets uvloop forget the poll.
 
 Both reach into private names, so each is guarded by the version it was written for;
 tests/test_daphne_speedups.py fails if the libraries change underneath.
 """
 
 import logging
+import socket
 import sys
 
 import autobahn
@@ -67,6 +76,40 @@ def move_to_uvloop(reactor: asyncioreactor.AsyncioSelectorReactor) -> bool:
     return True
 
 
+# Reads one read event may make to reach a socket's pending error (64 KiB each).
+MAX_READS_PER_EVENT = 16
+
+
+def reads_until_the_error(reactor: asyncioreactor.AsyncioSelectorReactor) -> None:
+    """Make the reactor's read callback read on while data or an error is pending (see above)."""
+    original = reactor._readOrWrite
+
+    def read_or_write(selectable, read: bool) -> None:
+        original(selectable, read)
+        if not read:
+            return
+        for _ in range(MAX_READS_PER_EVENT):
+            if selectable not in reactor._readers or not pending(selectable):
+                return
+            original(selectable, True)
+
+    reactor._readOrWrite = read_or_write
+
+
+def pending(selectable) -> bool:
+    """Tell whether a socket has data, an end or an error waiting to be read (one peek, no wait)."""
+    sock = getattr(selectable, "socket", None)
+    if sock is None:
+        return False
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # the error itself: doRead will get it and end the connection
+    return True  # data, or b"" for the peer's FIN
+
+
 def apply(*, event_loop: str = "uvloop") -> None:
     """Install the speed-ups; ``event_loop`` is ``"uvloop"`` or ``"asyncio"`` (the stock loop).
 
@@ -85,6 +128,7 @@ def apply(*, event_loop: str = "uvloop") -> None:
                 TWISTED_WRITTEN_FOR,
             )
         elif move_to_uvloop(reactor):
+            reads_until_the_error(reactor)
             logger.info("event loop: uvloop")
             return
     logger.info("event loop: asyncio")

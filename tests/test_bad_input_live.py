@@ -6,6 +6,7 @@ import os
 import socket
 import struct
 import time
+import urllib.request
 
 import pytest
 import websockets
@@ -162,3 +163,34 @@ def test_a_client_that_answers_a_close_late_still_completes_the_closing_handshak
             while sock.recv(4096):
                 pass  # the server ends the TCP connection once the handshake is complete
     assert f"peer={peer} closed code=1008" in daphne.wait_for_log(f"peer={peer} closed code=")
+
+
+def test_clients_that_reset_mid_frame_are_all_seen_to_go(start_daphne):
+    """A peer that sends half a frame and resets the connection ends its consumer, every time.
+
+    On uvloop the reset with unread data once went unnoticed: the consumer, its presence row and the
+    open-connections gauge leaked, and the next write to the descriptor raised "UVPoll closed".
+    """
+    server = start_daphne(METRICS_PUBLIC="1", WEBSOCKET_RATE="0")
+    for n in range(COUNT := 150):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.sendall(HANDSHAKE.format(path="/ws/" if n % 2 else "/ws/raw/").encode())
+        buffer = b""
+        while b"\r\n\r\n" not in buffer:
+            buffer += sock.recv(4096)
+        whole = frame(0x2, os.urandom(20 + n))
+        sock.sendall(whole[: len(whole) // 2])
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset right behind half a frame: both reach the server in one event
+    deadline = time.monotonic() + 15
+    while (gauge := open_connections(server)) != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert gauge == 0, f"{gauge:.0f} of {COUNT} reset connections never ended"
+    assert "UVPoll" not in server.log()
+
+
+def open_connections(server) -> float:
+    with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    gauge = next(line for line in text.splitlines() if line.startswith("echo_connections_open "))
+    return float(gauge.split()[1])
