@@ -1,0 +1,101 @@
+"""Redis failover under Sentinel: a real primary, a replica and three sentinels (tests/sentinel.py).
+
+The primary is killed with -9 while pushes flow: pushes resume on the promoted replica within the
+failover time, and every push whose sender was told it was sent (the log took it and a replica
+confirmed it: REDIS_WAIT_REPLICAS) reaches the clients, which stay connected throughout.
+"""
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+import websockets
+from django.test import override_settings
+
+from echo import pushlog
+from tests.sentinel import SentinelCluster
+
+PUSHES = 30
+INTERVAL = 0.25  # s between pushes
+
+
+def send_pushes(cluster: SentinelCluster, kill_after: int, outcomes: dict) -> None:
+    """Push PUSHES times, killing the primary after ``kill_after``; note what each sender was told."""
+    sentinel_settings = {
+        "REDIS_SENTINELS": cluster.sentinel_addresses,
+        "REDIS_MASTER_NAME": cluster.master_name,
+        "REDIS_WAIT_REPLICAS": 1,
+        "CHANNEL_LAYER_SEND_TIMEOUT": 0.5,  # how long WAIT waits for a replica
+    }
+    with override_settings(**sentinel_settings):
+        for n in range(PUSHES):
+            if n == kill_after:
+                cluster.kill_primary()
+                outcomes["killed_at"] = time.monotonic()
+            push = {
+                "group": "all",
+                "text": f"push {n}",
+                "sender": "server",
+                "sent_at": "2026-11-22T00:00:00+00:00",
+            }
+            try:
+                position = pushlog.append(push, floor=0)
+            except Exception as error:
+                outcomes["failed"].append((n, type(error).__name__))
+            else:
+                outcomes["appended"].append((time.monotonic(), position))
+                try:
+                    pushlog.confirm_replicated()
+                    outcomes["confirmed"].append((time.monotonic(), position))
+                except Exception as error:
+                    outcomes["unconfirmed"].append((position, type(error).__name__))
+            time.sleep(INTERVAL)
+
+
+@pytest.mark.timeout(120)
+async def test_pushes_resume_after_the_primary_is_killed_and_nothing_confirmed_is_lost(start_daphne):
+    """kill -9 of the primary mid-stream: clients keep their connections and get every confirmed push."""
+    with SentinelCluster() as cluster:
+        server = start_daphne(
+            REDIS_SENTINELS=cluster.sentinels_setting, REDIS_MASTER_NAME=cluster.master_name
+        )
+        clients = []
+        for _ in range(3):
+            ws = await websockets.connect(server.ws_url + "/ws/", subprotocols=["echo.json"], open_timeout=10)
+            assert json.loads(await ws.recv())["type"] == "welcome"
+            clients.append(ws)
+        outcomes = {"failed": [], "confirmed": [], "unconfirmed": [], "appended": []}
+        sender = threading.Thread(target=send_pushes, args=(cluster, 8, outcomes))
+        sender.start()
+        received: list[set[int]] = [set() for _ in clients]
+
+        async def listen(ws, into: set[int]) -> None:
+            while True:
+                message = json.loads(await ws.recv())
+                if message["type"] == "broadcast":
+                    into.add(message["id"])
+
+        listeners = [
+            asyncio.create_task(listen(ws, into)) for ws, into in zip(clients, received, strict=True)
+        ]
+        await asyncio.to_thread(sender.join, 90)
+        confirmed = {position for _, position in outcomes["confirmed"]}
+        after_kill = {position for at, position in outcomes["appended"] if at > outcomes["killed_at"]}
+        deadline = time.monotonic() + 20
+        while any(not confirmed | after_kill <= got for got in received) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        for task in listeners:
+            task.cancel()
+        for ws in clients:
+            await ws.send(json.dumps({"type": "echo", "text": "still connected"}))
+            await ws.close()
+    # The promoted replica has no replica of its own (the old primary is dead): from then on the
+    # log takes pushes but no replica can confirm them, and their senders are told so.
+    first_after_kill = min(at for at, _ in outcomes["appended"] if at > outcomes["killed_at"])
+    assert first_after_kill - outcomes["killed_at"] < 20, f"pushes did not resume in time: {outcomes}"
+    assert len(confirmed) >= 5 and len(after_kill) >= PUSHES // 3, outcomes
+    for got in received:
+        assert confirmed <= got, f"confirmed pushes lost: {sorted(confirmed - got)}; outcomes {outcomes}"
+        assert after_kill <= got, f"pushes after the failover lost: {sorted(after_kill - got)}"
