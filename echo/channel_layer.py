@@ -110,6 +110,11 @@ class ResilientShard(pubsub.RedisSingleShardConnection):
         if channel in self.pending_subscribe:
             self.pending_subscribe.discard(channel)
             return
+        if channel not in self._subscribed_to:
+            # A consumer's channel rides the process's pattern subscription: nothing to undo, and
+            # no wait for the shard's lock (channels_redis takes it first), which a consumer being
+            # cancelled at shutdown or after application_close_timeout could not finish.
+            return
         try:
             await super().unsubscribe(channel)
         except REDIS_DOWN as error:
