@@ -147,15 +147,12 @@ async def read_after(after: int, *, upto: int | None, groups: Iterable[str]) -> 
     if upto is not None and upto <= after:
         return [], False
     wanted = set(groups)
-    client = async_client()
     try:
-        entries = await client.xrange(
+        entries = await tail.reader().xrange(
             settings.PUSH_LOG_KEY, min=f"0-{after + 1}", max=f"0-{upto}" if upto else "+"
         )
     except REDIS_DOWN:
         entries = []
-    finally:
-        await client.aclose()
     events = [entry_event(entry_id, fields) for entry_id, fields in entries]
     first = events[0]["id"] if events else (upto + 1 if upto else None)
     truncated = False
@@ -211,6 +208,12 @@ class Tail:
         self.position: int | None = None
         self.started = asyncio.Event()
         self.task: asyncio.Task | None = None
+        self.client: redis.asyncio.Redis | None = None
+
+    def reader(self) -> redis.asyncio.Redis:
+        """Return the tail's client, for resumes: its pool gives them connections of their own."""
+        self.start()
+        return self.client
 
     def start(self) -> None:
         """Start reading the log on this event loop, unless already reading."""
@@ -219,7 +222,8 @@ class Tail:
             self.loop = loop
             self.reset()
         if self.task is None or self.task.done():
-            self.task = loop.create_task(self.run(), name="push-log tail")
+            self.client = async_client()
+            self.task = loop.create_task(self.run(self.client), name="push-log tail")
 
     def join(self, group: str, channel: str) -> None:
         """Deliver the pushes to ``group`` to ``channel`` from now on."""
@@ -247,9 +251,8 @@ class Tail:
                     await self.started.wait()
         return self.position
 
-    async def run(self) -> None:
+    async def run(self, client: redis.asyncio.Redis) -> None:
         """Read the log for ever, from where this process stands, and deliver what comes."""
-        client = async_client()
         try:
             while True:
                 try:
