@@ -5,6 +5,9 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.http import HttpResponseRedirect
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.formats import date_format
+from django.utils.html import format_html
 
 from echo import services
 from echo.models import Broadcast, Connection
@@ -29,17 +32,63 @@ class BroadcastForm(forms.ModelForm):
             raise ValidationError(str(error)) from None
 
 
+def shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+class DeliveryFilter(admin.SimpleListFilter):
+    """Broadcasts Redis took, or refused (their sender was told; no client ever got them)."""
+
+    title = "delivery"
+    parameter_name = "delivery"
+
+    def lookups(self, request, model_admin):
+        return [("sent", "sent"), ("refused", "refused by Redis")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("sent", "refused"):
+            return queryset.filter(pushed=self.value() == "sent")
+        return queryset
+
+
+class SenderFilter(admin.RelatedFieldListFilter):
+    """Filter by sender; broadcasts without one (the command, your code) under "server"."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.empty_value_display = SERVER_SENDER
+
+
+# Groups named in a row of the connection list, and the characters shown of each; the rest are counted.
+GROUPS_SHOWN = 3
+GROUP_NAME_SHOWN = 20
+
+# What clients see as the sender of a broadcast no user sent (Broadcast.sender_name).
+SERVER_SENDER = "server"
+
+
 @admin.register(Broadcast)
 class BroadcastAdmin(admin.ModelAdmin):
     """Saving a new broadcast sends it; sent broadcasts are history and cannot be changed."""
 
     form = BroadcastForm
-    list_display = ["id", "text", "group", "sender", "sent_at"]
+    list_display = ["id", "text", "group", "sent_by", "sent_at", "delivery"]
     list_display_links = ["id", "text"]
-    list_filter = ["group", "sent_at", "sender"]
+    list_filter = [DeliveryFilter, "group", "sent_at", ("sender", SenderFilter)]
     search_fields = ["text", "group", "sender__username"]
     date_hierarchy = "sent_at"
-    readonly_fields = ["sender", "sent_at"]
+    readonly_fields = ["sent_by", "sent_at", "delivery"]
+
+    @admin.display(description="sender", ordering="sender")
+    def sent_by(self, obj: Broadcast) -> str:
+        return obj.sender_name
+
+    @admin.display(description="delivery", ordering="pushed")
+    def delivery(self, obj: Broadcast) -> str:
+        # Text, not only an icon: it must read apart at a glance and in a screen reader.
+        if obj.pushed:
+            return "sent"
+        return format_html('<strong style="color: var(--error-fg)">{}</strong>', "not sent: refused by Redis")
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
@@ -55,7 +104,7 @@ class BroadcastAdmin(admin.ModelAdmin):
         live = services.live_connections(group=sent.group).count()
         self.message_user(
             request,
-            f"Broadcast #{sent.pk} sent to group {sent.group!r} ({live} live connection(s) there).",
+            f"Broadcast #{sent.position} sent to group {sent.group!r} ({live} live connection(s) there).",
             messages.SUCCESS,
         )
 
@@ -68,13 +117,44 @@ class BroadcastAdmin(admin.ModelAdmin):
 class ConnectionAdmin(admin.ModelAdmin):
     """Live connections of every process, read-only; the one action is to disconnect them."""
 
-    list_display = ["id", "user", "peer", "groups", "protocol", "connected_at", "process"]
-    list_filter = ["process", "protocol", "path"]
-    search_fields = ["id", "peer", "user__username", "groups", "user_agent"]
+    # The list fits a 1280-pixel screen beside the admin's navigation: no filter sidebar (the
+    # search finds a process or a protocol too), a few groups named, the time of day for
+    # the date and host:pid for the process (hover either for the whole).
+    list_display = ["id", "user", "peer", "group_list", "protocol", "since", "host_pid"]
+    search_fields = [
+        "id",
+        "peer",
+        "user__username",
+        "groups",
+        "user_agent",
+        "process__id",
+        "protocol",
+        "path",
+    ]
     actions = ["disconnect_selected"]
 
     def get_queryset(self, request):
         return services.live_connections().select_related("user", "process")
+
+    @admin.display(description="groups", ordering="groups")
+    def group_list(self, obj: Connection) -> str:
+        names = obj.groups.split(",") if obj.groups else []
+        shown = ", ".join(shorten(name, GROUP_NAME_SHOWN) for name in names[:GROUPS_SHOWN])
+        more = f" and {len(names) - GROUPS_SHOWN} more" if len(names) > GROUPS_SHOWN else ""
+        return format_html('<span title="{}">{}{}</span>', ", ".join(names), shown, more)
+
+    @admin.display(description="process", ordering="process")
+    def host_pid(self, obj: Connection) -> str:
+        host_and_pid = ":".join(obj.process_id.split(":")[:2])  # PresenceRegistry: host:pid:random
+        return format_html('<span title="{}">{}</span>', obj.process_id, shorten(host_and_pid, 24))
+
+    @admin.display(description="since", ordering="connected_at")
+    def since(self, obj: Connection) -> str:
+        local = timezone.localtime(obj.connected_at)
+        full = date_format(local, "DATETIME_FORMAT")
+        if local.date() == timezone.localdate():
+            return format_html('<span title="{}">{}</span>', full, local.strftime("%H:%M:%S"))
+        return full
 
     def has_add_permission(self, request) -> bool:
         return False

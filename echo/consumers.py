@@ -326,7 +326,7 @@ class NoRouteConsumer(AsyncWebsocketConsumer):
         host, port = self.scope.get("client") or ("-", "-")
         path = self.scope["path"]
         logger.warning("handshake rejected peer=%s:%s: no WebSocket route for path %r", host, port, path)
-        await self.close()
+        await self.close(reason=f"No WebSocket route for {path[:100]}: this server has /ws/ and /ws/raw/.")
 
 
 def describe(message: dict) -> str:

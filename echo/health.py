@@ -1,5 +1,9 @@
 """Health checks: can this process reach what it depends on?"""
 
+import logging
+import threading
+import time
+
 import redis
 from django.conf import settings
 from django.db import connection
@@ -7,8 +11,14 @@ from django.db import connection
 from echo.channel_layer import redacted
 from echo.services import describe_error
 
+logger = logging.getLogger(__name__)
+
 # A health check must answer quickly even when a dependency hangs.
 CHECK_TIMEOUT = 1.0
+
+# When each dependency this process saw down went down (time.monotonic()); absent when it is up.
+_down_since: dict[str, float] = {}
+_lock = threading.Lock()
 
 
 def check_database() -> str | None:
@@ -39,3 +49,21 @@ def health() -> dict[str, str]:
     """Return each dependency's state: "ok" or what is wrong with it."""
     checks = {"database": check_database, "redis": check_redis}
     return {name: check() or "ok" for name, check in checks.items()}
+
+
+def log_changes(checks: dict[str, str]) -> None:
+    """Log a dependency going down, and coming back, once each: not once per probe.
+
+    A load balancer probes /healthz every second or so; an outage is one WARNING when the
+    first probe sees it and one when a probe sees it end.
+    """
+    now = time.monotonic()
+    with _lock:
+        for name, state in checks.items():
+            since = _down_since.get(name)
+            if state != "ok" and since is None:
+                _down_since[name] = now
+                logger.warning("health check: %s is down: %s", name, state)
+            elif state == "ok" and since is not None:
+                del _down_since[name]
+                logger.warning("health check: %s is up again after %.1f s", name, now - since)

@@ -1,11 +1,16 @@
-"""WebSocket routes."""
+"""WebSocket routes.
 
-from django.urls import path, re_path
+``ws`` and ``ws/raw`` are served with or without the trailing slash: the walkthrough this project
+descends from opens ``/ws``, and a WebSocket client cannot follow a redirect to ``/ws/``.
+"""
+
+from django.urls import re_path
 
 from echo import consumers
 
 websocket_urlpatterns = [
-    path("ws/", consumers.EchoConsumer.as_asgi()),
-    path("ws/raw/", consumers.RawEchoConsumer.as_asgi()),
+    re_path(r"^ws/?$", consumers.EchoConsumer.as_asgi()),
+    re_path(r"^ws/raw/?$", consumers.RawEchoConsumer.as_asgi()),
+    # The catch-all: it must stay last, or it takes every route after it.
     re_path(r"", consumers.NoRouteConsumer.as_asgi()),
 ]

@@ -1,12 +1,17 @@
-"""HTTP views: the chat page, the answer to a plain GET on a WebSocket route, health and metrics."""
+"""HTTP views: the chat page, the answer to a plain GET on a WebSocket route, health, metrics, favicon."""
+
+import functools
 
 from django.conf import settings
+from django.contrib.staticfiles import finders
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
-from django.views.decorators.cache import never_cache
+from django.views.decorators.cache import cache_control, never_cache
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from echo.health import health
+from echo.health import health, log_changes
+
+FAVICON = "echo/favicon.svg"
 
 UPGRADE_REQUIRED = "This is a WebSocket endpoint: a WebSocket upgrade is required.\n"
 
@@ -40,12 +45,17 @@ def healthz(request: HttpRequest) -> JsonResponse:
     the error); others see "ok" or "down".
     """
     checks = health()
+    log_changes(checks)
     healthy = all(state == "ok" for state in checks.values())
     if not (request.user.is_authenticated and request.user.is_staff):
         checks = {name: "ok" if state == "ok" else "down" for name, state in checks.items()}
-    return JsonResponse(
+    response = JsonResponse(
         {"status": "ok" if healthy else "degraded", "checks": checks}, status=200 if healthy else 503
     )
+    # A load balancer probes every second or so: Django would log each 503 as an ERROR
+    # ("Service Unavailable"). log_changes() has said what went down, once; mark it as logged.
+    response._has_been_logged = True
+    return response
 
 
 @never_cache
@@ -58,3 +68,15 @@ def metrics(request: HttpRequest) -> HttpResponse:
             content_type="text/plain; charset=utf-8",
         )
     return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+
+@functools.cache
+def favicon_bytes() -> bytes:
+    with open(finders.find(FAVICON), "rb") as file:
+        return file.read()
+
+
+@cache_control(public=True, max_age=86400)
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Serve the icon at /favicon.ico, where browsers and tools look for it whatever the page says."""
+    return HttpResponse(favicon_bytes(), content_type="image/svg+xml")

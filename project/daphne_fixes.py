@@ -5,6 +5,8 @@ written for (tests/test_daphne_fixes.py fails if Daphne changes underneath):
 
 - an empty text or binary message is sent: Daphne tests the payload's truthiness and
   silently drops ``""`` and ``b""``;
+- a handshake the application refuses with a reason gets that reason as the 403's text body
+  (Daphne sent an empty 403: an unknown path was a mystery to the client);
 - an application's close frame carries its reason, and any code a server may send
   (1001, 1008, 1011, ...): Daphne drops the reason and autobahn's ``sendClose`` raises
   for every code but 1000 and 3000-4999;
@@ -69,6 +71,7 @@ def handle_reply(self: WebSocketProtocol, message: dict) -> None:
         self.serverAccept(message.get("subprotocol"))
     elif message_type == "websocket.close":
         if self.state == self.STATE_CONNECTING:
+            self.denial_text = message.get("reason") or None  # the 403's body
             self.serverReject()
         else:
             close_with(self, message.get("code"), message.get("reason"))
@@ -86,6 +89,25 @@ def handle_reply(self: WebSocketProtocol, message: dict) -> None:
             self.serverSend(text, False)
     else:
         raise ValueError(f"Expected a websocket.* message type, got {message_type!r}")
+
+
+def send_http_error_response(original: Callable[..., None]) -> Callable[..., None]:
+    """Wrap autobahn's refusal of a handshake so that it carries a text body when the application
+    gave a reason with its close (ASGI's only way to say why; Daphne has no denial responses)."""
+
+    def send(protocol: WebSocketProtocol, code: int, reason: str, response_headers=None) -> None:
+        text = getattr(protocol, "denial_text", None)
+        if not text:
+            original(protocol, code, reason, response_headers)
+            return
+        body = (" ".join(text.splitlines())[:500] + "\n").encode()
+        head = f"HTTP/1.1 {code} {reason}\r\n"
+        for name, value in response_headers or ():
+            head += f"{name}: {value}\r\n"
+        head += f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n"
+        protocol.sendData(head.encode() + body)
+
+    return send
 
 
 def close_with(protocol: WebSocketProtocol, code: int | None, reason: str | None) -> None:
@@ -210,6 +232,8 @@ def apply(
         )
         return
     WebSocketProtocol.handle_reply = handle_reply
+    refusal = WebSocketProtocol.sendHttpErrorResponse
+    WebSocketProtocol.sendHttpErrorResponse = send_http_error_response(refusal)
     WebSocketProtocol.serverSend = drop_closing_sends(WebSocketProtocol.serverSend)
     WebSocketProtocol._closeConnection = flushing_close(WebSocketProtocol._closeConnection)
     WebRequest.process = http11_upgrades_only(WebRequest.process)

@@ -100,6 +100,11 @@ def drop_slow_request(channel: HTTPChannel) -> None:
     channel.header_deadline = None
     if channel.transport is None:
         return
+    if not getattr(channel, "_buffer", None) and getattr(channel, "_HTTPChannel__first_line", 0):
+        # Not a byte of a new request: a keep-alive connection left idle, closed without a fuss.
+        logger.debug("closing idle keep-alive connection %s", channel.transport.getPeer())
+        channel.transport.loseConnection()
+        return
     logger.warning(
         "dropping %s: request headers incomplete after %s s (HTTP_HEADER_TIMEOUT)",
         channel.transport.getPeer(),

@@ -49,6 +49,8 @@ if HTTPS:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
     CSRF_TRUSTED_ORIGINS = [f"https://{host}" for host in ALLOWED_HOSTS if host not in {"*"}]
+    # Health probes and scrapers talk to each process's own port over plain http.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
 # Set when a proxy in front terminates TLS and sends X-Forwarded-Proto (run Daphne with
 # --proxy-headers too, so that client addresses are the real ones).
 if env_bool("DJANGO_BEHIND_PROXY", False):

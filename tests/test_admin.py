@@ -1,11 +1,13 @@
 """The admin: sending broadcasts, their history, live connections and the disconnect action."""
 
 import asyncio
+from io import StringIO
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import Permission, User
+from django.core.management import call_command
 from django.test import AsyncClient
 
 from echo import services
@@ -134,3 +136,36 @@ async def test_admin_refuses_a_broadcast_too_large_to_deliver(settings):
     assert not await Broadcast.objects.aexists()
     assert await listener.receive_nothing(timeout=0.3)
     await listener.disconnect()
+
+
+async def test_history_tells_refused_broadcasts_apart_and_filters_them():
+    """A broadcast Redis refused is marked as not sent, in its own column, with a filter for it."""
+    await Broadcast.objects.acreate(text="went out", group="all")
+    await Broadcast.objects.acreate(text="never left", group="all", pushed=False)
+    client = await signed_in(superuser=True)
+    page = (await client.get("/admin/echo/broadcast/")).content.decode()
+    rows = {
+        text: row.split("</tr>")[0]
+        for row in page.split("<tr")[1:]
+        for text in ("went out", "never left")
+        if text in row
+    }
+    assert 'class="field-delivery"' in rows["went out"] and "sent" in rows["went out"]
+    assert "refused by Redis" in rows["never left"] and "refused by Redis" not in rows["went out"]
+    refused = (await client.get("/admin/echo/broadcast/?delivery=refused")).content.decode()
+    assert "never left" in refused and "went out" not in refused
+    sent = (await client.get("/admin/echo/broadcast/?delivery=sent")).content.decode()
+    assert "went out" in sent and "never left" not in sent
+
+
+async def test_a_broadcast_from_the_command_line_names_its_sender():
+    """No user sent it: the history says "server", as its clients see it, not Django's "-"."""
+    call = database_sync_to_async(lambda: call_command("broadcast", "from a script", stdout=StringIO()))
+    await call()
+    client = await signed_in(superuser=True)
+    page = (await client.get("/admin/echo/broadcast/")).content.decode()
+    row = next(row for row in page.split("<tr")[1:] if "from a script" in row)
+    assert '<td class="field-sent_by">server</td>' in row, row
+    broadcast = await Broadcast.objects.aget(text="from a script")
+    detail = (await client.get(f"/admin/echo/broadcast/{broadcast.pk}/change/")).content.decode()
+    assert '<div class="readonly">server</div>' in detail

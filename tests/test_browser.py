@@ -5,6 +5,7 @@ Screenshots go to artifacts/ (git-ignored) for a person to look at.
 
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -248,3 +249,81 @@ def test_a_signed_in_user_is_shown_by_name(signed_in_page, daphne):
         admin_tab.wait_for_timeout(250)
     assert admin_tab.locator("#result_list td.field-user", has_text="admin").count() == 1
     screenshot(admin_tab, "admin-connections.png")
+
+
+def test_a_first_visit_fetches_nothing_that_fails(browser, daphne):
+    """The chat page and the admin's login page: no 404 (the favicon), no console error."""
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    page = context.new_page()
+    failed: list[str] = []
+    page.on("response", lambda response: response.status >= 400 and failed.append(response.url))
+    page.on("console", lambda message: message.type == "error" and failed.append(message.text))
+    for path in ("/", "/admin/login/"):
+        with page.expect_response(lambda response: "favicon" in response.url, timeout=5000) as icon:
+            page.goto(daphne.http_url + path)
+        assert icon.value.status == 200, icon.value.url
+    page.goto(daphne.http_url + "/favicon.ico")
+    assert failed == []
+    context.close()
+
+
+def find_connections(page, server: DaphneServer, query: str, count: int = 1) -> None:
+    """Show the admin's connection list filtered by ``query`` once ``count`` rows are there."""
+    for _ in range(40):  # presence rows are written every PRESENCE_INTERVAL (0.5 s here)
+        page.goto(f"{server.http_url}/admin/echo/connection/?q={query}")
+        if page.locator("#result_list tbody tr").count() >= count:
+            return
+        page.wait_for_timeout(250)
+    raise AssertionError(f"no connection matching {query!r} in the admin")
+
+
+def test_an_administrators_disconnect_is_shown_and_not_undone(browser, signed_in_page, daphne):
+    """Disconnected by an administrator, the page says so in its log and stays closed until
+    the person presses Connect."""
+    context = browser.new_context(viewport={"width": 1100, "height": 760}, user_agent="echo-test kicked")
+    chat = context.new_page()
+    open_chat(chat, daphne)
+    admin = signed_in_page
+    find_connections(admin, daphne, "kicked")
+    admin.check("#action-toggle")
+    admin.select_option("select[name=action]", "disconnect_selected")
+    admin.click("button[name=index]")
+    expect_status(chat, "Closed (code 4000: disconnected by admin)")
+    wait_for_line(chat, "Disconnected by an administrator (disconnected by admin)", "error")
+    chat.wait_for_timeout(2500)  # the automatic reconnect would have come within about a second
+    assert chat.locator("#status").inner_text() == "Closed (code 4000: disconnected by admin)"
+    assert chat.locator("#connect").is_enabled()
+    chat.click("#connect")
+    expect_status(chat, "Connected")
+    context.close()
+
+
+def open_raw_websocket(server: DaphneServer, path: str, user_agent: str) -> socket.socket:
+    """Open a WebSocket with a plain socket (this test's thread runs Playwright's own loop)."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: L4kHN+1Bx7zKbxsDbqgzHw==\r\nSec-WebSocket-Version: 13\r\n"
+        f"User-Agent: {user_agent}\r\n\r\n".encode()
+    )
+    assert sock.recv(12) == b"HTTP/1.1 101"
+    return sock
+
+
+def test_the_connections_list_fits_1280_pixels(signed_in_page, daphne):
+    """A connection in many long-named groups, from a long user agent: no sideways scrolling."""
+    groups = "&".join(f"group=a-rather-long-group-name-number-{n:02}" for n in range(19))
+    agent = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) wide-test " * 3
+    with open_raw_websocket(daphne, f"/ws/?{groups}", agent):
+        page = signed_in_page
+        page.set_viewport_size({"width": 1280, "height": 800})
+        find_connections(page, daphne, "wide-test")
+        screenshot(page, "admin-connections-1280.png")
+        widths = page.evaluate(
+            """() => {
+                const results = document.querySelector("#changelist .results");
+                return [document.documentElement.scrollWidth, results.scrollWidth, results.clientWidth];
+            }"""
+        )
+    page_width, table_width, box_width = widths
+    assert page_width <= 1280 and table_width <= box_width, widths

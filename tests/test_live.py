@@ -194,5 +194,7 @@ async def test_unknown_websocket_path_is_refused_with_a_log_line(daphne):
         async with connect(daphne, "/ws/nowhere/"):
             pass
     assert caught.value.response.status_code == 403
+    body = b"No WebSocket route for /ws/nowhere/: this server has /ws/ and /ws/raw/.\n"
+    assert caught.value.response.body == body
     daphne.wait_for_log("no WebSocket route for path '/ws/nowhere/'")
     assert "Traceback" not in daphne.log()

@@ -53,6 +53,20 @@ def test_a_slow_second_request_on_a_kept_alive_connection_is_dropped_too(start_d
     assert held < 6
 
 
+def test_an_idle_kept_alive_connection_is_closed_quietly(start_daphne):
+    """A keep-alive connection that starts no new request is closed at the deadline, without a warning:
+    browsers keep idle connections open, which is no attack."""
+    server = start_daphne(HTTP_HEADER_TIMEOUT="1")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        while sock.recv(65536):
+            pass  # the server closes the idle connection: recv returns b""
+        assert time.monotonic() - started < 5
+    assert "request headers incomplete" not in server.log()
+
+
 def test_a_prompt_client_is_not_affected(start_daphne):
     """A WebSocket that completed its handshake lives on past the deadline."""
     server = start_daphne(HTTP_HEADER_TIMEOUT="1")

@@ -7,6 +7,7 @@
   var MAX_LINES = 2000; // older lines are dropped so that the log stays fast
   var BACKOFF_FIRST = 1000; // ms before the first reconnect
   var BACKOFF_CAP = 30000; // ms at most between reconnects
+  var ADMIN_DISCONNECT = 4000; // the close code of an administrator's disconnect (echo/services.py)
 
   var app = document.getElementById("app");
   var statusEl = document.getElementById("status");
@@ -173,6 +174,17 @@
   function onClose(event) {
     socket = null;
     var why = "Closed (code " + event.code + (event.reason ? ": " + event.reason : "") + ")";
+    if (event.code === ADMIN_DISCONNECT) {
+      // An administrator closed this connection on purpose, to be rid of it: a page that came
+      // back by itself a second later would make their action useless. The person reads why and
+      // may press Connect. (A server that wants its clients back closes with 1001 or 1013,
+      // after which the page does reconnect by itself.)
+      wanted = false;
+      show("error", "Disconnected by an administrator (" + (event.reason || "no reason given") + ")." +
+        " Press Connect to connect again.");
+    } else if (event.reason && wanted) {
+      show("system", "The server closed the connection: " + event.reason + " (code " + event.code + ")");
+    }
     if (!wanted) {
       setStatus("closed", why);
       return;
