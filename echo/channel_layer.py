@@ -27,6 +27,16 @@ logger = logging.getLogger(__name__)
 
 # What an unreachable Redis raises through redis-py.
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def lost_link(error: BaseException) -> bool:
+    """Tell whether ``error`` means the link to Redis is gone: redis-py's connection errors, or, on
+    uvloop, a write to a transport the loop closed when the peer reset it ("the handler is closed")."""
+    if isinstance(error, REDIS_DOWN):
+        return True
+    return isinstance(error, RuntimeError) and "the handler is closed" in str(error)
+
+
 # Seconds between attempts to reach Redis again during an outage.
 RETRY_INTERVAL = 0.5
 # Messages a consumer may have waiting before the layer drops what comes next.
@@ -169,11 +179,11 @@ class ResilientShard(pubsub.RedisSingleShardConnection):
                     await asyncio.sleep(0.1)
             except (asyncio.CancelledError, GeneratorExit):
                 raise
-            except REDIS_DOWN as error:
-                self.outage.down(error)
-                await asyncio.sleep(RETRY_INTERVAL)
-            except Exception:
-                logger.exception("unexpected error in the channel layer's receive loop")
+            except Exception as error:
+                if lost_link(error):
+                    self.outage.down(error)
+                else:
+                    logger.exception("unexpected error in the channel layer's receive loop")
                 await asyncio.sleep(RETRY_INTERVAL)
 
 

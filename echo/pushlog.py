@@ -31,9 +31,10 @@ import redis.sentinel
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import DatabaseError
 
 from echo import metrics
-from echo.channel_layer import REDIS_DOWN, Outage, redacted, redacted_address
+from echo.channel_layer import REDIS_DOWN, Outage, lost_link, redacted, redacted_address
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,9 @@ async def read_after(after: int, *, upto: int | None, groups: Iterable[str]) -> 
         entries = await tail.reader().xrange(
             settings.PUSH_LOG_KEY, min=f"0-{after + 1}", max=f"0-{upto}" if upto else "+"
         )
-    except REDIS_DOWN:
+    except Exception as error:
+        if not lost_link(error):
+            raise
         entries = []
     events = [entry_event(entry_id, fields) for entry_id, fields in entries]
     first = events[0]["id"] if events else (upto + 1 if upto else None)
@@ -264,22 +267,32 @@ class Tail:
                     self.outage.up()
                     for _, entries in batch:
                         await self.deliver_entries(entries)
-                except REDIS_DOWN as error:
-                    self.outage.down(error)
-                    await asyncio.sleep(RETRY_INTERVAL)
-                except Exception:
-                    logger.exception("push log: unexpected error in the tail; retrying")
+                except Exception as error:
+                    if lost_link(error):
+                        self.outage.down(error)
+                        # Connections whose transport uvloop closed must not be handed out again.
+                        await client.connection_pool.disconnect()
+                    else:
+                        logger.exception("push log: unexpected error in the tail; retrying")
                     await asyncio.sleep(RETRY_INTERVAL)
         finally:
             await client.aclose()
 
     async def start_position(self, client: redis.asyncio.Redis) -> int:
-        """Return where the log stands: its counter, or the database's newest while Redis is away."""
+        """Return where the log stands: its counter, or the database's newest push if that is further
+        (a Redis that lost its data, or is away: what the database has is history, not news)."""
         try:
-            return int(await client.get(counter_key()) or 0)
+            stored = await database_sync_to_async(stored_top)()
+        except DatabaseError as error:
+            logger.warning(
+                "push log: the database did not say where the history ends (%s); starting from Redis", error
+            )
+            stored = 0
+        try:
+            return max(int(await client.get(counter_key()) or 0), stored)
         except REDIS_DOWN as error:
             self.outage.down(error)
-            return await database_sync_to_async(stored_top)()
+            return stored
 
     async def deliver_entries(self, entries: list) -> None:
         for entry_id, fields in entries:

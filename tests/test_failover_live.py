@@ -7,6 +7,9 @@ confirmed it: REDIS_WAIT_REPLICAS) reaches the clients, which stay connected thr
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -16,6 +19,7 @@ from django.test import override_settings
 
 from echo import pushlog
 from tests.sentinel import SentinelCluster
+from tests.servers import ROOT
 
 PUSHES = 10  # after the kill
 INTERVAL = 0.15  # s between pushes
@@ -60,12 +64,18 @@ def send_pushes(cluster: SentinelCluster, kill_after: int, outcomes: dict) -> No
 
 
 @pytest.mark.timeout(120)
-async def test_pushes_resume_after_the_primary_is_killed_and_nothing_confirmed_is_lost(start_daphne):
+async def test_pushes_resume_after_the_primary_is_killed_and_nothing_confirmed_is_lost(
+    start_daphne, daphne_env, tmp_path
+):
     """kill -9 of the primary mid-stream: clients keep their connections and get every confirmed push."""
+    # A database of its own: the push log's history belongs with its Redis, and the suite's shared
+    # database holds positions of another Redis's log.
+    database = {"DATABASE_URL": f"sqlite:///{tmp_path / 'failover.sqlite3'}"}
+    command = [sys.executable, "manage.py", "migrate", "-v", "0"]
+    subprocess.run(command, cwd=ROOT, env={**os.environ, **daphne_env, **database}, check=True)
     with SentinelCluster() as cluster:
-        server = start_daphne(
-            REDIS_SENTINELS=cluster.sentinels_setting, REDIS_MASTER_NAME=cluster.master_name
-        )
+        sentinels = {"REDIS_SENTINELS": cluster.sentinels_setting, "REDIS_MASTER_NAME": cluster.master_name}
+        server = start_daphne(**database, **sentinels)
         clients = []
         for _ in range(3):
             ws = await websockets.connect(server.ws_url + "/ws/", subprotocols=["echo.json"], open_timeout=10)
