@@ -10,7 +10,8 @@ ceiling for any app under stock Daphne); and the reference (bench/reference_serv
 `websockets` server). Drives them from separate load processes (bench/load.py: picows on
 uvloop), alternating the servers round by round so that a noisy machine shows as spread.
 Measures echo (50 closed-loop clients, 32-byte text) and connection churn (connect, one echo,
-close; 50 workers) on each; broadcast fan-out to 1,000 clients (bench/fanout.py); memory per
+close; 50 workers) on each; broadcast fan-out to 1,000 clients through the push log
+(bench/fanout.py: pushes appended with echo.pushlog.append, as broadcast_send does); memory per
 idle connection with 10,000 held for a minute; and echo through nginx (deploy/nginx.conf) in
 front of one Daphne, then two. Prints a table and writes a PNG chart of the echo round-trip
 distribution to artifacts/bench.png. "x stock" is the project over the stock stack, "ratio"
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from bench.crowd import percentile
+from bench.crowd import percentile, use_project
 from bench.environment import project_env, raise_file_limit
 from tests.servers import ROOT, DaphneServer, RedisServer, free_port, wait_for_port
 
@@ -216,23 +217,18 @@ def main() -> None:
                 )
             )
         if "fanout" not in args.skip:
-            os.environ.update(env, DJANGO_SETTINGS_MODULE="project.settings", CHANNEL_LAYER="pubsub")
-            import django
-
-            django.setup()
+            use_project(env)  # the pushes go through the project's push log, on this run's Redis
             from bench.fanout import fanout
 
-            print(f"fan-out: {args.fanout_clients} clients, {args.broadcasts} broadcasts", flush=True)
-            result = asyncio.run(
-                fanout("pubsub", targets["ws/"], args.fanout_clients, args.broadcasts, "bench")
-            )
+            print(f"fan-out: {args.fanout_clients} clients, {args.broadcasts} pushes", flush=True)
+            result = asyncio.run(fanout(targets["ws/"], args.fanout_clients, args.broadcasts, "bench"))
             rows.append(
                 Row(
                     f"fan-out to {args.fanout_clients}: first→last p50 / p99 ms",
                     f"{percentile(result.first_to_last, 50):.0f} / "
                     f"{percentile(result.first_to_last, 99):.0f}",
                     "",
-                    f"lost {result.lost}",
+                    f"lost {result.lost}, dup {result.duplicates}",
                 )
             )
             rows.append(

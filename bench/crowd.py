@@ -1,25 +1,73 @@
-"""A crowd of plain WebSocket clients on ws/ that time-stamp every broadcast they get, and the
-project's channel layer that sends those broadcasts (used by bench.fanout and python -m bench).
+"""A crowd of plain WebSocket clients on ws/ that time-stamp every broadcast they get, and what
+pushes those broadcasts through the project's push log (used by bench.fanout, bench.slow_readers
+and python -m bench).
+
+Project code is imported only inside the helpers that need it: call ``use_project(env)`` first,
+which points Django at the benchmark's Redis and database (the environment bench.environment's
+``project_env`` returns) and sets it up.
 """
 
 import asyncio
 import contextlib
 import datetime
 import os
-import runpy
 import time
 from collections import Counter
 
 import websockets
 
-from tests.servers import ROOT
-
-# The contract of ws/ (echo.consumers, echo.services): the group every connection joins,
-# the event type that pushes to it, and the frame a plain client gets.
-GROUP = "group.all"
-EVENT_TYPE = "broadcast.message"
+# The contract of ws/ (echo.consumers, echo.services): the group every connection is in, and
+# the frame a plain client gets for a push.
+GROUP = "all"
 PREFIX = "Server broadcast: "
 BATCH = 100  # handshakes in flight at once
+
+
+def use_project(env: dict[str, str]) -> None:
+    """Configure this process's Django for the project on ``env`` (its REDIS_URL, DATABASE_URL...).
+
+    Django reads its settings once per process: the first call decides for the process.
+    """
+    os.environ.update(env, DJANGO_SETTINGS_MODULE="project.settings")
+    import django
+
+    django.setup()
+
+
+def push(text: str, group: str = GROUP) -> dict:
+    """Return what the push log carries for a broadcast of ``text`` (echo.models.Broadcast.push)."""
+    now = datetime.datetime.now(datetime.UTC).isoformat()
+    return {"group": group, "text": text, "sender": "bench", "sent_at": now}
+
+
+class Pusher:
+    """Appends pushes to the push log as ``services.broadcast_send`` does, without the database row.
+
+    ``floor`` keeps positions above every one this process has seen: the push log's counter
+    lives in Redis, and a Redis that lost its data would start again from 1, under the positions
+    the Daphnes have delivered (they would skip those pushes as already delivered).
+    broadcast_send takes its floor from the database; a benchmark without rows keeps its own.
+    """
+
+    def __init__(self, floor: int = 0) -> None:
+        self.floor = floor
+
+    def saw(self, position: int | None) -> None:
+        """Raise the floor to ``position`` (one sent another way, e.g. by broadcast_send)."""
+        if position is not None:
+            self.floor = max(self.floor, position)
+
+    def append(self, text: str, group: str = GROUP) -> int:
+        """Append one push (blocking: from async code, run it in a thread); return its position."""
+        from echo import pushlog
+
+        position = pushlog.append(push(text, group), floor=self.floor)
+        self.saw(position)
+        return position
+
+    async def send(self, text: str, group: str = GROUP) -> int:
+        """Append one push from async code, in a thread (redis-py's sync client blocks)."""
+        return await asyncio.to_thread(self.append, text, group)
 
 
 class Clients:
@@ -34,6 +82,8 @@ class Clients:
         self.done: dict[str, asyncio.Event] = {}
         # (perf_counter, close code, reason) of every close we did not ask for: the server's.
         self.closes: list[tuple[float, int | None, str | None]] = []
+        # Broadcasts a client got a second time (the push log delivers each once).
+        self.duplicates = 0
         self.closing = False
 
     @property
@@ -58,11 +108,16 @@ class Clients:
         return await websockets.connect(url, open_timeout=30, ping_interval=None, close_timeout=5)
 
     async def _read(self, ws) -> None:
+        seen: set[str] = set()
         try:
             async for message in ws:
                 now = time.perf_counter()
                 if isinstance(message, str) and message.startswith(PREFIX):
                     key = message[len(PREFIX) :]
+                    if key in seen:
+                        self.duplicates += 1
+                        continue
+                    seen.add(key)
                     times = self.arrivals.get(key)
                     if times is not None:
                         times.append(now)
@@ -98,41 +153,6 @@ class Clients:
         for reader in self.readers:
             reader.cancel()
         await asyncio.gather(*self.readers, return_exceptions=True)
-
-
-def make_layer(name: str):
-    """A new instance of the project's channel layer for CHANNEL_LAYER=``name``.
-
-    project.settings reads CHANNEL_LAYER once, at import: its CHANNEL_LAYERS for the other
-    layer comes from running the settings file again with the variable changed.
-    """
-    from channels.layers import channel_layers
-    from django.test import override_settings
-
-    os.environ["CHANNEL_LAYER"] = name
-    config = runpy.run_path(str(ROOT / "project" / "settings.py"))["CHANNEL_LAYERS"]
-    with override_settings(CHANNEL_LAYERS=config):
-        return channel_layers.make_backend("default")
-
-
-async def close_layer(layer) -> None:
-    from channels_redis.pubsub import RedisPubSubChannelLayer
-
-    if isinstance(layer, RedisPubSubChannelLayer):
-        await layer.flush()  # closes its connections; there is nothing of ours on the server
-    else:
-        await layer.close_pools()  # not flush(): that would delete the Daphne's groups
-
-
-def event(number: int, text: str) -> dict:
-    return {
-        "type": EVENT_TYPE,
-        "id": number,
-        "text": text,
-        "group": "all",
-        "sender": "bench",
-        "sent_at": datetime.datetime.now(datetime.UTC).isoformat(),
-    }
 
 
 def percentile(values: list[float], q: float) -> float:

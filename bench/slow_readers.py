@@ -3,38 +3,28 @@
     .venv/bin/python -m bench.slow_readers [--clients 100] [--messages 200] [--size 65536]
 
 Starts a private redis-server and, for each setting in turn, a Daphne serving the project;
-N raw clients open ws/ and never read again; the benchmark then broadcasts M messages of
-SIZE bytes through the project's channel layer, and samples Daphne's resident memory
+N raw clients open ws/ and never read again; the benchmark then appends M pushes of SIZE
+bytes to the project's push log (echo.pushlog.append, as services.broadcast_send does after
+recording one; the Daphne's tail hands each to its clients), and samples Daphne's resident memory
 (VmRSS) every 0.1 s until a reading client has them all and the memory settles. Prints the
 growth for each setting and how many clients the server closed.
 """
 
 import argparse
 import asyncio
-import datetime
-import os
 import threading
 import time
 
 import websockets
 
+from bench.crowd import Pusher, use_project
 from bench.environment import project_env, raise_file_limit
 from tests.servers import DaphneServer, RedisServer, non_reading_client
 
 SETTINGS = {"limit on (default)": {}, "no limit (Daphne's own)": {"WEBSOCKET_OUTBOUND_LIMIT": "0"}}
 
 
-def make_layer(redis_url: str):
-    os.environ.update(DJANGO_SETTINGS_MODULE="project.settings", REDIS_URL=redis_url)
-    import django
-
-    django.setup()
-    from channels.layers import channel_layers
-
-    return channel_layers.make_backend("default")
-
-
-async def flood(server: DaphneServer, redis_url: str, clients: int, messages: int, size: int) -> dict:
+async def flood(server: DaphneServer, pusher: Pusher, clients: int, messages: int, size: int) -> dict:
     stuck = [non_reading_client(server.port) for _ in range(clients)]
     peak = baseline = server.rss()
     sampling = True
@@ -45,32 +35,24 @@ async def flood(server: DaphneServer, redis_url: str, clients: int, messages: in
             peak = max(peak, server.rss())
             time.sleep(0.1)
 
-    sampler = threading.Thread(target=sample)
+    sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     started = time.monotonic()
-    layer = make_layer(redis_url)
-    async with websockets.connect(server.ws_url + "/ws/", max_size=None) as reader:
-        await asyncio.sleep(0.3)
-        for n in range(messages):
-            now = datetime.datetime.now(datetime.UTC).isoformat()
-            text = f"{n:06d}" + "x" * (size - 6)
-            event = {
-                "type": "broadcast.message",
-                "id": n,
-                "text": text,
-                "group": "all",
-                "sender": "bench",
-                "sent_at": now,
-            }
-            await layer.group_send("group.all", event)
-            if n % 20 == 19:
-                print(f"  sent {n + 1}/{messages}", flush=True)
-        for _ in range(messages):
-            await asyncio.wait_for(reader.recv(), 60)
-        await asyncio.sleep(2)  # let buffers settle (or close handshakes time out)
-    await layer.flush()
-    sampling = False
-    sampler.join()
+    try:
+        async with websockets.connect(server.ws_url + "/ws/", max_size=None) as reader:
+            await asyncio.sleep(0.3)
+            for n in range(messages):
+                await pusher.send(f"{n:06d}" + "x" * (size - 6))
+                if n % 20 == 19:
+                    print(f"  sent {n + 1}/{messages}", flush=True)
+            for n in range(messages):
+                frame = await asyncio.wait_for(reader.recv(), 60)
+                if not frame.startswith(f"Server broadcast: {n:06d}"):
+                    raise RuntimeError(f"the reading client got {frame[:40]!r}, expected push {n}")
+            await asyncio.sleep(2)  # let buffers settle (or close handshakes time out)
+    finally:
+        sampling = False
+        sampler.join()
     settled = server.rss()
     for sock in stuck:
         sock.close()
@@ -93,6 +75,8 @@ def main() -> None:
     raise_file_limit()
     redis = RedisServer().start()
     base = project_env(redis.url, LOG_LEVEL="WARNING", WEBSOCKET_RATE="0")
+    use_project(base)  # pushes go through the project's push log on this Redis
+    pusher = Pusher()
     results = {}
     try:
         for name, extra in SETTINGS.items():
@@ -102,7 +86,7 @@ def main() -> None:
             )
             server = DaphneServer(env={**base, **extra}).start()
             try:
-                results[name] = asyncio.run(flood(server, redis.url, args.clients, args.messages, args.size))
+                results[name] = asyncio.run(flood(server, pusher, args.clients, args.messages, args.size))
             finally:
                 server.stop()
     finally:

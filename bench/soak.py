@@ -5,7 +5,8 @@
 Starts a private redis-server and a Daphne serving the project. Each echo.json client sends a
 message about once a second and checks the reply, drops its connection now and then and
 reconnects with ?after=<last broadcast id>, and keeps every broadcast id it saw. Meanwhile the
-benchmark broadcasts through the project's service every second. At the end every client must
+benchmark broadcasts every second through services.broadcast_send (recorded in the database,
+then appended to the push log; the id clients see is its position there). At the end every client must
 have every broadcast sent since it first connected (replay fills what a reconnect missed), and
 Daphne's memory is compared between the first and the last minute. Exits 1 if anything was lost.
 """
@@ -13,13 +14,13 @@ Daphne's memory is compared between the first and the last minute. Exits 1 if an
 import argparse
 import asyncio
 import json
-import os
 import random
 import sys
 import time
 
 import websockets
 
+from bench.crowd import use_project
 from bench.environment import project_env, raise_file_limit
 from tests.servers import DaphneServer, RedisServer
 
@@ -70,7 +71,7 @@ async def broadcaster(stop_at: float, every: float, sent: list[int]) -> None:
 
     while time.monotonic() < stop_at - 5:
         broadcast = await sync_to_async(broadcast_send)(text=f"soak {len(sent)}")
-        sent.append(broadcast.pk)
+        sent.append(broadcast.position)  # the id clients see: its place in the push log
         await asyncio.sleep(every)
 
 
@@ -90,7 +91,7 @@ async def soak(url: str, daphne: DaphneServer, clients: int, minutes: float, eve
     lost = 0
     for client in crowd:
         start = client.first_broadcast or 0
-        expected = {pk for pk in sent if pk > start}
+        expected = {position for position in sent if position > start}
         lost += len(expected - client.seen)
     first = [rss for t, rss in memory if t < memory[0][0] + 60]
     last = [rss for t, rss in memory if t > memory[-1][0] - 60]
@@ -117,10 +118,7 @@ def main() -> int:
     redis = RedisServer().start()
     env = project_env(redis.url, LOG_LEVEL="WARNING")
     daphne = DaphneServer(env=env, args=["-v", "0"]).start()
-    os.environ.update(env, DJANGO_SETTINGS_MODULE="project.settings")
-    import django
-
-    django.setup()
+    use_project(env)  # broadcast_send on this run's Redis and database
     try:
         return asyncio.run(
             soak(daphne.ws_url + "/ws/", daphne, args.clients, args.minutes, args.broadcast_every)
