@@ -5,10 +5,11 @@ import threading
 import time
 
 import redis
+import redis.sentinel
 from django.conf import settings
 from django.db import connection
 
-from echo.channel_layer import redacted
+from echo.pushlog import redis_address
 from echo.services import describe_error
 
 logger = logging.getLogger(__name__)
@@ -32,14 +33,18 @@ def check_database() -> str | None:
 
 
 def check_redis() -> str | None:
-    """Return None if Redis answers PING, else what went wrong."""
-    client = redis.Redis.from_url(
-        settings.REDIS_URL, socket_connect_timeout=CHECK_TIMEOUT, socket_timeout=CHECK_TIMEOUT
-    )
+    """Return None if Redis (the primary the sentinels name, with Sentinel) answers PING, else what
+    went wrong."""
+    timeouts = {"socket_connect_timeout": CHECK_TIMEOUT, "socket_timeout": CHECK_TIMEOUT}
+    if settings.REDIS_SENTINELS:
+        sentinel = redis.sentinel.Sentinel(settings.REDIS_SENTINELS, sentinel_kwargs=timeouts, **timeouts)
+        client = sentinel.master_for(settings.REDIS_MASTER_NAME, **timeouts)
+    else:
+        client = redis.Redis.from_url(settings.REDIS_URL, **timeouts)
     try:
         client.ping()
     except Exception as error:
-        return f"unreachable at {redacted(settings.REDIS_URL)} ({describe_error(error)})"
+        return f"unreachable at {redis_address()} ({describe_error(error)})"
     finally:
         client.close()
     return None

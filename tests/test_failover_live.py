@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 import websockets
@@ -19,7 +20,7 @@ from django.test import override_settings
 
 from echo import pushlog
 from tests.sentinel import SentinelCluster
-from tests.servers import ROOT
+from tests.servers import ROOT, free_port
 
 PUSHES = 10  # after the kill
 INTERVAL = 0.15  # s between pushes
@@ -75,7 +76,10 @@ async def test_pushes_resume_after_the_primary_is_killed_and_nothing_confirmed_i
     subprocess.run(command, cwd=ROOT, env={**os.environ, **daphne_env, **database}, check=True)
     with SentinelCluster() as cluster:
         sentinels = {"REDIS_SENTINELS": cluster.sentinels_setting, "REDIS_MASTER_NAME": cluster.master_name}
-        server = start_daphne(**database, **sentinels)
+        # REDIS_URL points where nothing answers: with sentinels nothing may use it.
+        server = start_daphne(**database, **sentinels, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+        with urllib.request.urlopen(server.http_url + "/healthz", timeout=10) as response:
+            assert json.loads(response.read())["checks"]["redis"] == "ok"
         clients = []
         for _ in range(3):
             ws = await websockets.connect(server.ws_url + "/ws/", subprotocols=["echo.json"], open_timeout=10)

@@ -189,7 +189,8 @@
       setStatus("closed", why);
       return;
     }
-    // Exponential backoff with full jitter, capped, so a restarted server is not stampeded.
+    // Exponential backoff, capped, with jitter (between half and all of the ceiling), so a restarted
+    // server is not stampeded.
     var ceiling = Math.min(BACKOFF_CAP, BACKOFF_FIRST * Math.pow(2, attempt));
     var delay = Math.round(ceiling / 2 + Math.random() * ceiling / 2);
     attempt += 1;

@@ -1,8 +1,9 @@
 """Send a broadcast from the command line.
 
 Operators and scripts (a deploy hook, a cron job) push a message to every client connected
-to ws/ on every Daphne process that shares the Redis, or to one group of them. The
-broadcast is recorded first, so it shows in the admin's history even if Redis is down.
+to ws/ on every Daphne process that shares the Redis, or to one group of them. It goes
+through services.broadcast_send: the push log gives it its place in the one order every
+client sees, and the admin's history records it (as refused, when Redis is down).
 """
 
 from django.core.management.base import BaseCommand, CommandError
