@@ -66,10 +66,11 @@ from bench.crowd import percentile
 from bench.environment import project_env, raise_file_limit
 from bench.fanout import daphne_notes
 from tests.faults import LinkProxy
-from tests.servers import ROOT, VENV_BIN, DaphneServer, RedisServer, wait_for_port
+from tests.servers import ROOT, DaphneServer, RedisServer
 
 PARTS = ("order", "partition", "storm", "postgres")
-DAPHNE_ARGS = ["-v", "0"]
+# As the project starts Daphne (./dev, deploy/): 30 s for a handshake under load, not 5.
+DAPHNE_ARGS = ["-v", "0", "--websocket_connect_timeout", "30"]
 COMMAND_TIMEOUT = 60.0  # s for one manage.py broadcast
 OPEN_TIMEOUT = 30.0  # s for a client's handshake and welcome
 DELIVERY_TIMEOUT = 30.0  # s for every client to have every push, once all are sent
@@ -133,33 +134,11 @@ def backlog_name(backlog: int) -> str:
     return f"backlog {backlog}" if backlog else "-b/-p: Twisted's backlog of 50"
 
 
-class ListeningDaphne(DaphneServer):
-    """A Daphne listening with an explicit backlog: ``-e tcp:port=P:interface=127.0.0.1:backlog=N``.
-
-    With -b/-p, Daphne listens through Twisted's default backlog of 50 connections. A backlog
-    of 0 keeps -b/-p, for comparison.
-    """
-
-    def __init__(self, *, env: dict[str, str], backlog: int, args: list[str] = ()) -> None:
-        super().__init__(env=env, args=args)
-        self.backlog = backlog
-
-    def start(self) -> "ListeningDaphne":
-        if not self.backlog:
-            return super().start()
-        listen = ["-e", f"tcp:port={self.port}:interface=127.0.0.1:backlog={self.backlog}"]
-        command = [str(VENV_BIN / "daphne"), *listen, *self.args, self.app]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        wait_for_port(self.port, self.process, "daphne")
-        return self
+def listening_daphne(*, env: dict[str, str], backlog: int, args: list[str]) -> DaphneServer:
+    """A Daphne listening with an explicit backlog (``-e tcp:...:backlog=N``); 0 keeps -b/-p (50)."""
+    server = DaphneServer(env=env, args=args)
+    server.backlog = backlog
+    return server
 
 
 class Piped:
@@ -656,7 +635,7 @@ def storm(args) -> list[Figure]:
     result_file = Path(tempfile.mkdtemp(prefix="bench-delivery-")) / "storm.json"
     try:
         env = project_env(redis.url, LOG_LEVEL=args.log_level)
-        daphne = ListeningDaphne(env=env, backlog=args.storm_backlog, args=DAPHNE_ARGS).start()
+        daphne = listening_daphne(env=env, backlog=args.storm_backlog, args=DAPHNE_ARGS).start()
         url = daphne.ws_url + "/ws/"
         broadcaster = Broadcaster(env, args.storm_rate)
         began = time.monotonic()
@@ -886,7 +865,7 @@ def postgres(args) -> list[Figure]:
         redis = RedisServer().start()
         env = project_env(redis.url, LOG_LEVEL=args.log_level, DATABASE_URL=database_url)
         daphnes = [
-            ListeningDaphne(env=env, backlog=args.postgres_backlog, args=DAPHNE_ARGS).start()
+            listening_daphne(env=env, backlog=args.postgres_backlog, args=DAPHNE_ARGS).start()
             for _ in range(2)
         ]
         print(
@@ -999,7 +978,7 @@ def main() -> int:
     parser.add_argument("--postgres-seconds", type=float, default=30.0)
     parser.add_argument("--postgres-rate", type=float, default=5.0, help="broadcasts a second")
     parser.add_argument("--postgres-hold", type=float, default=1.0, help="seconds a connection is held")
-    parser.add_argument("--postgres-backlog", type=int, default=0, help="listen backlog; 0: -b/-p (50)")
+    parser.add_argument("--postgres-backlog", type=int, default=2048, help="listen backlog; 0: -b/-p (50)")
     args = parser.parse_args()
     raise_file_limit()
     began = time.monotonic()

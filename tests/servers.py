@@ -90,6 +90,7 @@ class DaphneServer:
         self.app = app
         self.log_path = Path(tempfile.mkstemp(prefix="test-daphne-", suffix=".log")[1])
         self.process: subprocess.Popen | None = None
+        self.backlog = 0  # 0: -b/-p, with Twisted's listen backlog of 50
 
     @property
     def http_url(self) -> str:
@@ -103,6 +104,8 @@ class DaphneServer:
         if self.tls:
             certificate, key = self.tls
             listen = ["-e", f"ssl:{self.port}:interface=127.0.0.1:privateKey={key}:certKey={certificate}"]
+        elif self.backlog:
+            listen = ["-e", f"tcp:port={self.port}:interface=127.0.0.1:backlog={self.backlog}"]
         else:
             listen = ["-b", "127.0.0.1", "-p", str(self.port)]
         command = [str(VENV_BIN / "daphne"), *listen, *self.args, self.app]
