@@ -13,6 +13,7 @@ from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -192,7 +193,17 @@ def broadcast_send(*, text: str, group: str = ALL_GROUP, sender: AbstractBaseUse
                 f"({describe_error(error)}): a Redis failover now could lose it"
             )
         raise BroadcastNotSent(message, broadcast=broadcast) from error
-    broadcast.save()
+    try:
+        with transaction.atomic():
+            broadcast.save()
+    except IntegrityError:
+        # Another push holds this position: Redis lost its data between that sender's append and
+        # its save, and the counter started again below it. The push went out; keep it on record.
+        logger.warning(
+            "broadcast=%s: position already recorded (Redis lost data?); kept without it", broadcast.position
+        )
+        broadcast.pk, broadcast.position = None, None
+        broadcast.save()
     metrics.broadcasts_sent.inc()
     logger.info("broadcast=%s group=%s sender=%s sent", broadcast.position, group, broadcast.sender_name)
     return broadcast

@@ -320,3 +320,15 @@ async def test_a_stored_broadcast_too_large_to_deliver_is_skipped_in_a_replay(se
     assert await plain.receive_from() == "Server: Hello. You said: still open"
     await plain.disconnect()
     await communicator.disconnect()
+
+
+async def test_a_position_another_record_holds_is_kept_without_it(monkeypatch, caplog):
+    """Should Redis lose its data between one sender's append and its save, a second sender may get the
+    same position: its push still went out, and it is recorded (without the position), no traceback."""
+    top = int(await sync_to_async(pushlog.sync_client().get)(pushlog.counter_key()) or 0)
+    await Broadcast.objects.acreate(text="the first sender's", group="all", position=top + 1)
+    monkeypatch.setattr(pushlog, "stored_top", lambda: 0)  # as if that row were not saved yet
+    assert await send_many("mine") == [None]
+    mine = await Broadcast.objects.aget(text="mine")
+    assert (mine.position, mine.pushed) == (None, True)
+    assert any("position already recorded" in r.getMessage() for r in caplog.records)
