@@ -183,7 +183,7 @@ class EchoConsumer(BaseConsumer):
             return
         # Join before accepting, so that a push sent once the handshake is done reaches us; the
         # tail's position, read in the same step, divides what comes live from what came before.
-        self.position = await pushlog.tail.ready()
+        await pushlog.tail.ready()
         for name in [services.ALL_GROUP, *names][:MAX_GROUPS]:
             self.join(name)
         self.position = pushlog.tail.position

@@ -201,12 +201,13 @@ class Tail:
 
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.outage = Outage(
-            redis_address(), part="push log", waiting="pushes wait and are delivered in order when it is back"
-        )
         self.reset()
 
     def reset(self) -> None:
+        # Made again with each event loop, so that it names the Redis of the settings of the time.
+        self.outage = Outage(
+            redis_address(), part="push log", waiting="pushes wait and are delivered in order when it is back"
+        )
         self.members: dict[str, set[str]] = {}
         self.position: int | None = None
         self.started = asyncio.Event()
@@ -322,14 +323,6 @@ class Tail:
         channels = self.members.get(event["group"])
         if channels:
             get_channel_layer().deliver_local(channels, event)
-
-    async def stop(self) -> None:
-        """Stop reading (tests, shutdown)."""
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        self.task = None
 
 
 tail = Tail()

@@ -144,8 +144,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
-# redis-py 8 gives every socket a 5 s read timeout, which is exactly channels_redis's
-# 5 s blocking pop: idle consumers die with 1011. The read timeout must outlast the pop.
+# redis-py 8 gives every socket a 5 s read timeout, which killed channels_redis's 5 s blocking
+# pop (idle consumers died with 1011); a longer one keeps long reads safe.
 REDIS_CONNECTION_OPTIONS = {
     "socket_timeout": 15,
     "socket_connect_timeout": 3,
