@@ -13,9 +13,10 @@ What the profiler (py-spy, under `python -m bench` churn) showed and what is cha
   closing its poll for good, without telling the reactor. Twisted's one read took the data, not
   the error, so the connection was never seen to end (its consumer, presence row and gauge
   count leaked) and the next write to that descriptor raised "UVPoll closed" (found by
-  ``python -m bench.fuzz``). On uvloop the reactor's read callback therefore reads on, within
-  the same call, while the socket has data or an error pending: the error reaches Twisted,
-  which ends the connection and lets uvloop forget the poll.
+  ``python -m bench.fuzz``). On uvloop the reactor's read callback therefore asks the socket
+  for a pending error after each read (SO_ERROR: 0.4 us, against 3.4 us for a peek) and, if
+  there is one, reads on within the same call: Twisted reaches the end of the connection and
+  uvloop forgets the poll.
 
 Both reach into private names, so each is guarded by the version it was written for;
 tests/test_daphne_speedups.py fails if the libraries change underneath.
@@ -81,33 +82,28 @@ MAX_READS_PER_EVENT = 16
 
 
 def reads_until_the_error(reactor: asyncioreactor.AsyncioSelectorReactor) -> None:
-    """Make the reactor's read callback read on while data or an error is pending (see above)."""
+    """Make the reactor's read callback, when the socket holds an error, read on to it (see above)."""
     original = reactor._readOrWrite
 
     def read_or_write(selectable, read: bool) -> None:
         original(selectable, read)
-        if not read:
-            return
-        for _ in range(MAX_READS_PER_EVENT):
-            if selectable not in reactor._readers or not pending(selectable):
-                return
-            original(selectable, True)
+        if read and selectable in reactor._readers and socket_error(selectable):
+            # The data before the reset may take more than one read (64 KiB each); then the end.
+            for _ in range(MAX_READS_PER_EVENT):
+                original(selectable, True)
+                if selectable not in reactor._readers:
+                    return
 
     reactor._readOrWrite = read_or_write
 
 
-def pending(selectable) -> bool:
-    """Tell whether a socket has data, an end or an error waiting to be read (one peek, no wait)."""
+def socket_error(selectable) -> bool:
+    """Tell whether a socket has an error pending (a reset): one getsockopt, 0.4 us, no exception.
+
+    Reading SO_ERROR clears it; the reads that follow then find the end of the connection.
+    """
     sock = getattr(selectable, "socket", None)
-    if sock is None:
-        return False
-    try:
-        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True  # the error itself: doRead will get it and end the connection
-    return True  # data, or b"" for the peer's FIN
+    return sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
 
 
 def apply(*, event_loop: str = "uvloop") -> None:
