@@ -129,6 +129,9 @@ def test_the_readmes_code_is_this_files_code():
     section = readme.split("\n## Build on it\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
     assert len(blocks) >= 4, "the section shows a consumer, its route, its tests, a push"
+    assert section.index("ShoutConsumer.as_asgi()") < section.index("NoRouteConsumer.as_asgi()"), (
+        "before the catch-all"
+    )
     here = (ROOT / "tests" / "test_build_on_it.py").read_text() + (ROOT / "echo" / "routing.py").read_text()
     for block in blocks:
         for line in block.splitlines():

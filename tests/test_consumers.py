@@ -213,6 +213,7 @@ async def test_server_close_event_closes_with_its_code_and_reason(registry):
 
 async def test_json_client_is_welcomed_with_its_user():
     """The first envelope names the connection, the signed-in user and the groups."""
+    await push("before alice")  # so that the log's position is not 0 (a constant 0 would pass)
     alice = await User.objects.acreate(username="alice")
     communicator = WebsocketCommunicator(EchoConsumer.as_asgi(), "/ws/?group=red", subprotocols=["echo.json"])
     communicator.scope["user"] = alice

@@ -107,6 +107,15 @@ async def test_pushes_resume_after_the_primary_is_killed_and_nothing_confirmed_i
             await asyncio.sleep(0.2)
         for task in listeners:
             task.cancel()
+        # What the promoted replica holds: a client resuming from the start is served from it.
+        late = await websockets.connect(
+            server.ws_url + "/ws/?after=0", subprotocols=["echo.json"], open_timeout=10
+        )
+        replayed: set[int] = set()
+        while (message := json.loads(await asyncio.wait_for(late.recv(), 10)))["type"] != "resumed":
+            if message["type"] == "broadcast":
+                replayed.add(message["id"])
+        await late.close()
         for ws in clients:
             await ws.send(json.dumps({"type": "echo", "text": "still connected"}))
             await ws.close()
@@ -118,3 +127,4 @@ async def test_pushes_resume_after_the_primary_is_killed_and_nothing_confirmed_i
     for got in received:
         assert confirmed <= got, f"confirmed pushes lost: {sorted(confirmed - got)}; outcomes {outcomes}"
         assert after_kill <= got, f"pushes after the failover lost: {sorted(after_kill - got)}"
+    assert confirmed | after_kill <= replayed, f"the promoted replica lacks {sorted(confirmed - replayed)}"

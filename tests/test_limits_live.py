@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import re
+import resource
 import socket
 import time
 import urllib.request
@@ -76,7 +77,12 @@ async def test_past_the_process_cap_a_handshake_gets_503(start_daphne):
 
 def test_daphne_raises_its_open_file_limit_and_caps_websockets_below_it(start_daphne):
     """The soft descriptor limit is raised to the hard one, and the default cap leaves a reserve."""
-    server = start_daphne()
+    soft_before, hard_before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard_before), hard_before))  # Daphne inherits it
+    try:
+        server = start_daphne()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft_before, hard_before))
     limits = Path(f"/proc/{server.process.pid}/limits").read_text()
     soft, hard = re.search(r"Max open files\s+(\d+)\s+(\d+)", limits).groups()
     assert soft == hard
