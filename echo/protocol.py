@@ -3,11 +3,15 @@
 Client to server, one object per text frame:
     {"type": "echo", "text": "..."}
     {"type": "join", "group": "name"}      {"type": "leave", "group": "name"}
+    {"type": "say", "group": "name", "text": "..."}   (to every member of a group the sender is in)
 Server to client:
     {"type": "welcome", "connection": "1f2e3d4c", "user": "alice" or null, "groups": ["all"],
      "last_broadcast": 41}  (first; reconnect with ?after=<the last broadcast id you have>)
     {"type": "echo", "text": "Server: Hello. You said: ..."}
     {"type": "broadcast", "id": 7, "text": "...", "group": "all", "sender": "alice", "sent_at": "..."}
+        (a push to one user has "group": "user:<their id>", a group no client can join)
+    {"type": "message", "id": 8, "text": "...", "group": "red", "sender": "alice", "sent_at": "..."}
+        (a room message: what a member said with "say"; "sender" is a username, or "guest-<connection>")
     {"type": "presence", "online": 12}
     {"type": "joined" | "left", "group": "name", "groups": ["all", "name"]}
     {"type": "error", "error": "what was wrong with the last message"}
