@@ -82,8 +82,10 @@ class DaphneServer:
         tls: tuple[Path, Path] | None = None,
         args: list[str] = (),
         app: str = "project.asgi:application",
+        cwd: Path = ROOT,
     ) -> None:
         self.port = free_port()
+        self.cwd = cwd  # the checkout whose code it serves (bench/cost.py: another revision)
         self.env = {**os.environ, **env}
         self.tls = tls  # (certificate, private key): serve https and wss
         self.args = list(args)  # more daphne command-line options
@@ -112,7 +114,7 @@ class DaphneServer:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command,
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
