@@ -4,13 +4,16 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 import uuid
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db import DatabaseError
 
 from echo import metrics, protocol, pushlog, services
 from echo.presence import registry
@@ -28,6 +31,8 @@ MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 INTERNAL_REASON = "internal server error"
 TRY_AGAIN_LATER = 1013
+# A connection made with a token (echo/auth.py) is closed with this when the token expires.
+TOKEN_EXPIRED = 4001
 
 
 class BaseConsumer(AsyncWebsocketConsumer):
@@ -41,6 +46,9 @@ class BaseConsumer(AsyncWebsocketConsumer):
         self.rate_limit = services.RateLimit(rate=settings.WEBSOCKET_RATE, burst=settings.WEBSOCKET_BURST)
         self.max_size: float = settings.WEBSOCKET_MAX_MESSAGE_SIZE or math.inf
         self.accepted = self.closing = self.disconnected = self.ended = False
+        # The close at a token's expiry: a timer, then the task that closes (see expire_at).
+        self.expiry: asyncio.TimerHandle | None = None
+        self.expiry_task: asyncio.Task | None = None
 
     async def __call__(self, scope: dict, receive, send) -> None:
         """Serve one connection; whatever a handler raises is logged once, closes with 1011 and cleans up."""
@@ -96,6 +104,10 @@ class BaseConsumer(AsyncWebsocketConsumer):
         if self.ended:
             return
         self.ended = True
+        if self.expiry is not None:
+            self.expiry.cancel()
+        if self.expiry_task is not None:
+            self.expiry_task.cancel()
         await self.disconnect(code)
 
     async def accept(self, subprotocol: str | None = None, headers=None) -> None:
@@ -105,6 +117,27 @@ class BaseConsumer(AsyncWebsocketConsumer):
         metrics.connections_open.inc()
         path, protocol_note = self.scope["path"], f" protocol={subprotocol}" if subprotocol else ""
         logger.info("conn=%s peer=%s connected path=%s%s", self.connection_id, self.peer, path, protocol_note)
+        if (expires_at := self.scope.get("token_expires_at")) is not None:
+            self.expire_at(expires_at)
+
+    def expire_at(self, expires_at: float) -> None:
+        """Close the connection with 4001 at ``expires_at`` (a UNIX time), its token's expiry."""
+        loop = asyncio.get_running_loop()
+
+        def start() -> None:
+            self.expiry = None
+            self.expiry_task = loop.create_task(self.expire())
+
+        self.expiry = loop.call_later(max(0.0, expires_at - time.time()), start)
+
+    async def expire(self) -> None:
+        """Close the connection because its token expired (runs beside the consumer's own task)."""
+        if self.closing or self.ended:
+            return
+        try:
+            await self.close(TOKEN_EXPIRED, "token expired")
+        except Exception:
+            logger.exception("conn=%s peer=%s close at token expiry failed", self.connection_id, self.peer)
 
     async def websocket_receive(self, message: dict) -> None:
         if messages_logger.isEnabledFor(logging.INFO):
@@ -163,13 +196,16 @@ class EchoConsumer(BaseConsumer):
         super().__init__(*args, **kwargs)
         self.uses_json = False
         self.names: list[str] = []  # the groups joined: what disconnect() leaves
+        # A signed-in connection's user group ("user:<pk>"): joined on connect, left on
+        # disconnect, never in ``names`` (it is no client's to leave, nor counted in MAX_GROUPS).
+        self.own_group: str | None = None
         # The position of the last push this client has (or that it would not get live): pushes
         # at or before it are not sent again.
         self.position: int | None = None
         self.registered = False
 
     async def connect(self) -> None:
-        """Join "all" and the groups named in the query string, count in, then accept."""
+        """Join "all", the user's group and the groups named in the query string, count in, then accept."""
         self.uses_json = protocol.JSON_SUBPROTOCOL in self.scope.get("subprotocols", ())
         subprotocol = protocol.JSON_SUBPROTOCOL if self.uses_json else None
         query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
@@ -186,6 +222,9 @@ class EchoConsumer(BaseConsumer):
         await pushlog.tail.ready()
         for name in [services.ALL_GROUP, *names][:MAX_GROUPS]:
             self.join(name)
+        if (user := services.signed_in(self.scope.get("user"))) is not None:
+            self.own_group = services.user_group(user)
+            pushlog.tail.join(self.own_group, self.channel_name)
         self.position = pushlog.tail.position
         row = services.presence_row(
             scope=self.scope,
@@ -207,7 +246,7 @@ class EchoConsumer(BaseConsumer):
     async def replay(self, after: int) -> None:
         """Send the pushes this client missed since position ``after``, before any live one."""
         live_from = self.position
-        missed, truncated = await pushlog.read_after(after, upto=live_from, groups=self.names)
+        missed, truncated = await pushlog.read_after(after, upto=live_from, groups=self.delivered_groups())
         # Pushes up to ``after`` the client has; after ``live_from`` they come live.
         self.position = max(after, live_from or 0)
         replayed = 0
@@ -222,7 +261,7 @@ class EchoConsumer(BaseConsumer):
         """Leave the groups, count the connection out and log its end (awaiting nothing: it also
         runs when the consumer is cancelled)."""
         try:
-            for name in self.names:
+            for name in self.delivered_groups():
                 pushlog.tail.leave(name, self.channel_name)
         finally:
             if self.registered:
@@ -248,11 +287,34 @@ class EchoConsumer(BaseConsumer):
             elif message.type == "join":
                 self.join(services.validate_group_name(message.value))
                 await self.send(text_data=protocol.encode("joined", group=message.value, groups=self.names))
-            else:
-                self.leave(services.validate_group_name(message.value))
+            elif message.type == "leave":
+                self.leave(message.value)
                 await self.send(text_data=protocol.encode("left", group=message.value, groups=self.names))
-        except (protocol.ProtocolError, services.InvalidGroupName) as error:
+            else:
+                await self.say(message.value, message.text)
+        except (
+            protocol.ProtocolError,
+            services.InvalidGroupName,
+            services.InvalidBroadcast,
+            services.SayRefused,
+        ) as error:
             await self.send(text_data=protocol.encode("error", error=str(error)))
+
+    async def say(self, group: str, text: str) -> None:
+        """Pass what the client said in a room to its members (the client included: that is its
+        answer); nothing is sent back directly."""
+        try:
+            await database_sync_to_async(services.say)(
+                group=group,
+                text=text,
+                user=self.scope.get("user"),
+                connection_id=self.connection_id,
+                groups=list(self.names),
+            )
+        except DatabaseError as error:
+            conn, peer = self.connection_id, self.peer
+            logger.warning("conn=%s peer=%s message not recorded: database error: %s", conn, peer, error)
+            raise services.SayRefused("not sent: the database is unavailable just now; try again") from None
 
     def join(self, name: str) -> None:
         """Add this connection to the group ``name``: this process's tail delivers its pushes."""
@@ -268,11 +330,18 @@ class EchoConsumer(BaseConsumer):
         """Take this connection out of the group ``name``."""
         if name == services.ALL_GROUP:
             raise services.InvalidGroupName(f"every connection stays in {services.ALL_GROUP!r}")
+        if name == self.own_group:
+            raise services.InvalidGroupName(f"a signed-in connection stays in its user's group {name!r}")
+        services.validate_group_name(name)
         if name not in self.names:
             return
         pushlog.tail.leave(name, self.channel_name)
         self.names.remove(name)
         registry.update(self.connection_id, groups=",".join(self.names))
+
+    def delivered_groups(self) -> list[str]:
+        """Return every group whose pushes this connection gets: those joined, and its user's."""
+        return [*self.names, self.own_group] if self.own_group else self.names
 
     async def broadcast_message(self, event: dict) -> None:
         """Relay a live push to the client, unless it has it already (a replay sent it)."""

@@ -24,7 +24,8 @@ import math
 from dataclasses import dataclass
 
 JSON_SUBPROTOCOL = "echo.json"
-CLIENT_TYPES = ("echo", "join", "leave")
+# Each type a client may send, and its string fields: the first is ClientMessage.value.
+CLIENT_TYPES = {"echo": ("text",), "join": ("group",), "leave": ("group",), "say": ("group", "text")}
 # How much of a client's string an error message quotes: errors stay short whatever came.
 SHOWN_CHARS = 40
 
@@ -36,7 +37,8 @@ class ProtocolError(ValueError):
 @dataclass(frozen=True)
 class ClientMessage:
     type: str
-    value: str  # the text of an echo, the group of a join or leave
+    value: str  # the text of an echo, the group of a join, leave or say
+    text: str = ""  # the text of a say
 
 
 def refuse_constant(name: str) -> None:
@@ -73,7 +75,11 @@ def parse(text: str) -> ClientMessage:
     kind = data.get("type")
     if not isinstance(kind, str) or kind not in CLIENT_TYPES:
         raise ProtocolError(f"expected type to be one of {', '.join(CLIENT_TYPES)}, got {shown(kind)}")
-    field = "text" if kind == "echo" else "group"
+    return ClientMessage(kind, *(string_field(data, field, kind) for field in CLIENT_TYPES[kind]))
+
+
+def string_field(data: dict, field: str, kind: str) -> str:
+    """Return the string ``field`` of a client message, or raise ProtocolError saying what came."""
     value = data.get(field)
     if not isinstance(value, str):
         raise ProtocolError(f"expected a string {field!r} in a {kind!r} message, got {shown(value)}")
@@ -85,7 +91,7 @@ def parse(text: str) -> ClientMessage:
                 f"expected {field!r} to be Unicode text, got a lone surrogate "
                 f"U+{ord(value[error.start]):04X} at position {error.start}"
             ) from None
-    return ClientMessage(kind, value)
+    return value
 
 
 def shown(value: object) -> str:
@@ -125,7 +131,9 @@ def oversize(data: str | bytes, limit: float) -> int:
     return size if size > limit else 0
 
 
-def broadcast_envelope(event: dict) -> str:
-    """Return the envelope for a broadcast event from the channel layer."""
+def push_envelope(event: dict) -> str:
+    """Return the envelope for a push event from the push log: a broadcast, or a room message
+    (pushes logged before room messages existed have no kind: they are broadcasts)."""
+    kind = "message" if event.get("kind") == "message" else "broadcast"
     fields = {key: event[key] for key in ("id", "text", "group", "sender", "sent_at")}
-    return encode("broadcast", **fields)
+    return encode(kind, **fields)

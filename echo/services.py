@@ -1,4 +1,4 @@
-"""The server's logic: what it answers, which groups exist, and how a broadcast is sent."""
+"""The server's logic: what it answers, which groups exist, and how a broadcast or a room message is sent."""
 
 import asyncio
 import logging
@@ -25,9 +25,17 @@ logger = logging.getLogger(__name__)
 
 ECHO_PREFIX = "Server: Hello. You said: "
 BROADCAST_PREFIX = "Server broadcast: "
+# A room message to a plain client: "Message from alice: hi".
+MESSAGE_FORMAT = "Message from {sender}: {text}"
 
 # Every ws/ connection is in this group; a broadcast with no group goes to it.
 ALL_GROUP = "all"
+# Every signed-in connection is also in its user's group, "user:<pk>": a name GROUP_NAME refuses,
+# so no client can join or leave it, or say anything into it.
+USER_GROUP_PREFIX = "user:"
+# ROOM_SPEAKERS: signed-in users only, or guests too.
+SPEAKERS_USERS = "users"
+SPEAKERS_ANYONE = "anyone"
 # Channel-layer message types, each handled by the consumer method of the same name (pushes
 # arrive as echo.pushlog.BROADCAST_MESSAGE).
 CLOSE_MESSAGE = "connection.close"
@@ -42,8 +50,10 @@ ADMIN_DISCONNECT_CODE = 4000
 # a text is checked against its envelope with every other field at its longest.
 MAX_BROADCAST_ID = 2**63 - 1
 LONGEST_SENT_AT = "2026-11-21T06:10:00.000000+00:00"
-# JSON escapes a control character as \u00XX: six bytes, the most one character can take.
+# JSON escapes a control character as \u00XX: six bytes, the most one character can take; in a
+# plain frame a character takes at most four.
 WIDEST_CHARACTER = "\x01"
+WIDEST_PLAIN_CHARACTER = "\U0010ffff"
 
 
 class InvalidGroupName(ValueError):
@@ -51,7 +61,11 @@ class InvalidGroupName(ValueError):
 
 
 class InvalidBroadcast(ValueError):
-    """A broadcast text that cannot be stored or delivered."""
+    """A broadcast that cannot be stored or delivered: its text, or whom it is for."""
+
+
+class SayRefused(ValueError):
+    """A room message the server will not pass on: who said it, or where, is not allowed."""
 
 
 class BroadcastNotSent(RuntimeError):
@@ -94,6 +108,26 @@ def broadcast_text(*, text: str) -> str:
     return BROADCAST_PREFIX + text
 
 
+def message_text(*, sender: str, text: str) -> str:
+    """Return the frame a plain client gets for a room message."""
+    return MESSAGE_FORMAT.format(sender=sender, text=text)
+
+
+def user_group(user: AbstractBaseUser) -> str:
+    """Return the group every connection of ``user`` is in: "user:<pk>"."""
+    return f"{USER_GROUP_PREFIX}{user.pk}"
+
+
+def signed_in(user: AbstractBaseUser | None) -> AbstractBaseUser | None:
+    """Return ``user`` (a scope's user) if it is a signed-in user, else None."""
+    return user if user is not None and user.is_authenticated else None
+
+
+def guest_label(connection_id: str) -> str:
+    """Return the name an anonymous speaker goes by: "guest-<connection id>"."""
+    return f"guest-{connection_id}"
+
+
 def validate_group_name(name: str) -> str:
     """Return ``name`` if it is a valid group name, else raise InvalidGroupName saying why."""
     if not isinstance(name, str) or not GROUP_NAME.fullmatch(name):
@@ -127,9 +161,11 @@ def validate_broadcast_text(text: str) -> str:
 
 
 def largest_broadcast_frame(text: str) -> int:
-    """Return the UTF-8 size of the largest frame that can carry ``text``: its envelope at the longest."""
+    """Return the UTF-8 size of the largest frame that can carry ``text``: a broadcast's or a room
+    message's, JSON or plain, with every other field at its longest."""
     user_model = get_user_model()
-    longest_sender = user_model._meta.get_field(user_model.USERNAME_FIELD).max_length or 150
+    longest_username = user_model._meta.get_field(user_model.USERNAME_FIELD).max_length or 150
+    longest_sender = max(longest_username, Broadcast._meta.get_field("sender_label").max_length)
     event = {
         "id": MAX_BROADCAST_ID,
         "text": text,
@@ -137,13 +173,27 @@ def largest_broadcast_frame(text: str) -> int:
         "sender": WIDEST_CHARACTER * longest_sender,
         "sent_at": LONGEST_SENT_AT,
     }
-    frames = (protocol.broadcast_envelope(event), broadcast_text(text=text))
+    frames = (
+        protocol.push_envelope({**event, "kind": Broadcast.BROADCAST}),
+        protocol.push_envelope({**event, "kind": Broadcast.MESSAGE}),
+        broadcast_text(text=text),
+        message_text(sender=WIDEST_PLAIN_CHARACTER * longest_sender, text=text),
+    )
     return max(len(frame.encode("utf-8")) for frame in frames)
 
 
+def push_frame(event: dict, *, as_json: bool) -> str:
+    """Return the frame that delivers a push event: an envelope, or a plain client's text."""
+    if as_json:
+        return protocol.push_envelope(event)
+    if event.get("kind") == Broadcast.MESSAGE:
+        return message_text(sender=event["sender"], text=event["text"])
+    return broadcast_text(text=event["text"])
+
+
 def broadcast_frame(*, event: dict, as_json: bool, limit: float) -> str:
-    """Return the frame that delivers a broadcast event, or raise InvalidBroadcast if it is over ``limit``."""
-    frame = protocol.broadcast_envelope(event) if as_json else broadcast_text(text=event["text"])
+    """Return the frame that delivers a push event, or raise InvalidBroadcast if it is over ``limit``."""
+    frame = push_frame(event, as_json=as_json)
     size = protocol.oversize(frame, limit)
     if size:
         raise InvalidBroadcast(f"its frame of {size} bytes is over the limit of {limit} bytes")
@@ -166,12 +216,35 @@ def presence_row(*, scope: dict, channel: str, peer: str, groups: list[str], sub
     }
 
 
-def broadcast_send(*, text: str, group: str = ALL_GROUP, sender: AbstractBaseUser | None = None) -> Broadcast:
-    """Push ``text`` to every connection in ``group`` on every process, through the push log, and
-    record it; its ``position`` is the id clients see, in the one order all senders share."""
-    validate_group_name(group)
+def broadcast_send(
+    *,
+    text: str,
+    group: str = ALL_GROUP,
+    user: AbstractBaseUser | None = None,
+    sender: AbstractBaseUser | None = None,
+    sender_label: str = "",
+    kind: str = Broadcast.BROADCAST,
+) -> Broadcast:
+    """Push ``text`` to every connection in ``group`` (or of ``user``) on every process, through
+    the push log, and record it; its ``position`` is the id clients see, in the one order all
+    senders share. ``sender`` is the user who sent it; ``sender_label`` names a sender that is not
+    a user (a guest, an API key); ``kind`` is a broadcast or a room message."""
+    if user is not None:
+        if group != ALL_GROUP:
+            raise InvalidBroadcast(f"give a group or a user, not both (group {group!r}, user {user})")
+        if user.pk is None:
+            raise InvalidBroadcast(f"user {user} is not saved: a push goes to a user in the database")
+        group = user_group(user)
+    else:
+        validate_group_name(group)
+    if kind not in (Broadcast.BROADCAST, Broadcast.MESSAGE):
+        raise InvalidBroadcast(f"invalid kind {protocol.shown(kind)}: expected broadcast or message")
+    if len(sender_label) > (longest := Broadcast._meta.get_field("sender_label").max_length):
+        raise InvalidBroadcast(f"the sender label is over {longest} characters")
     validate_broadcast_text(text)  # before anything: what is pushed and stored must be deliverable
-    broadcast = Broadcast(text=text, group=group, sender=sender)
+    broadcast = Broadcast(
+        text=text, group=group, recipient=user, sender=sender, sender_label=sender_label, kind=kind
+    )
     floor = pushlog.stored_top()
     try:
         broadcast.position = pushlog.append(broadcast.push(), floor=floor)
@@ -205,8 +278,44 @@ def broadcast_send(*, text: str, group: str = ALL_GROUP, sender: AbstractBaseUse
         broadcast.pk, broadcast.position = None, None
         broadcast.save()
     metrics.broadcasts_sent.inc()
-    logger.info("broadcast=%s group=%s sender=%s sent", broadcast.position, group, broadcast.sender_name)
+    logger.info("%s=%s group=%s sender=%s sent", kind, broadcast.position, group, broadcast.sender_name)
     return broadcast
+
+
+def say(
+    *, group: str, text: str, user: AbstractBaseUser | None, connection_id: str, groups: list[str]
+) -> Broadcast:
+    """Push what a connection said in room ``group`` (one of its ``groups``) to every member of it,
+    and record it as a room message; raise SayRefused, InvalidGroupName or InvalidBroadcast saying
+    why it cannot, having recorded nothing."""
+    user = signed_in(user)
+    if user is None and settings.ROOM_SPEAKERS != SPEAKERS_ANYONE:
+        raise SayRefused("only signed-in users may speak in a room: sign in first")
+    validate_group_name(group)
+    if group == ALL_GROUP:
+        raise SayRefused(f"{ALL_GROUP!r} is every connection, not a room: join a group and say it there")
+    if group not in groups:
+        raise SayRefused(f"you are not in {group!r}: join it before you speak in it")
+    if not text.strip():
+        raise InvalidBroadcast("the text is empty: say something")
+    label = "" if user is not None else guest_label(connection_id)
+    try:
+        return broadcast_send(text=text, group=group, sender=user, sender_label=label, kind=Broadcast.MESSAGE)
+    except BroadcastNotSent as error:
+        if error.broadcast.position is not None:
+            # It went out (clients have it); only a replica's confirmation is missing.
+            logger.warning("message=%s: %s", error.broadcast.position, error)
+            return error.broadcast
+        # Nobody got it: its speaker is told and may say it again, so no record of it stays.
+        error.broadcast.delete()
+        logger.warning(
+            "message in %s not sent: Redis at %s (%s)",
+            group,
+            pushlog.redis_address(),
+            describe_error(error.__cause__ or error),
+        )
+        # Clients are not told where Redis is (as /healthz tells only staff); the log line says.
+        raise SayRefused("not sent: the server cannot reach its message store just now; try again") from None
 
 
 def parse_after(values: list[str] | None) -> int | None:
@@ -228,10 +337,12 @@ def disconnect(*, connections: Iterable[Connection], reason: str) -> int:
     return len(channels)
 
 
-def live_connections(*, group: str = ALL_GROUP) -> QuerySet[Connection]:
-    """Return the connections in ``group`` of every process whose heartbeat is recent."""
+def live_connections(*, group: str = ALL_GROUP, user: AbstractBaseUser | None = None) -> QuerySet[Connection]:
+    """Return the connections in ``group`` (or of ``user``) of every process whose heartbeat is recent."""
     fresh_since = timezone.now() - timedelta(seconds=settings.PRESENCE_STALE_AFTER)
     live = Connection.objects.filter(process__last_seen__gte=fresh_since)
+    if user is not None:
+        return live.filter(user=user)
     if group == ALL_GROUP:
         return live
     return live.filter(
@@ -240,6 +351,15 @@ def live_connections(*, group: str = ALL_GROUP) -> QuerySet[Connection]:
         | Q(groups__endswith=f",{group}")
         | Q(groups__contains=f",{group},")
     )
+
+
+def find_user(username: str) -> AbstractBaseUser:
+    """Return the user named ``username``, or raise InvalidBroadcast saying there is none."""
+    user_model = get_user_model()
+    try:
+        return user_model._default_manager.get_by_natural_key(username)
+    except user_model.DoesNotExist:
+        raise InvalidBroadcast(f"no user named {protocol.shown(username)}") from None
 
 
 def describe_error(error: BaseException) -> str:

@@ -1,14 +1,19 @@
-"""HTTP views: the chat page, the answer to a plain GET on a WebSocket route, health, metrics, favicon."""
+"""HTTP views: the chat page, the answer to a plain GET on a WebSocket route, health, metrics, favicon,
+and tokens for a signed-in session."""
 
 import functools
+import json
 
 from django.conf import settings
 from django.contrib.staticfiles import finders
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render
 from django.views.decorators.cache import cache_control, never_cache
+from django.views.decorators.csrf import csrf_exempt
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from echo import tokens
 from echo.health import health, log_changes
 
 FAVICON = "echo/favicon.svg"
@@ -80,3 +85,44 @@ def favicon_bytes() -> bytes:
 def favicon(request: HttpRequest) -> HttpResponse:
     """Serve the icon at /favicon.ico, where browsers and tools look for it whatever the page says."""
     return HttpResponse(favicon_bytes(), content_type="image/svg+xml")
+
+
+@csrf_exempt  # checked below, once the caller is known to be signed in, so that every answer is JSON
+@never_cache
+def token(request: HttpRequest) -> JsonResponse:
+    """Issue a token for the signed-in user: POST (CSRF-checked as any session POST), an optional
+    ``ttl`` in a JSON or form body; answers {"token", "expires_at", "ttl"}."""
+    if request.method != "POST":
+        response = json_error(405, "POST to /token to get a token")
+        response["Allow"] = "POST"
+        return response
+    if not request.user.is_authenticated:
+        return json_error(403, "sign in first: tokens are issued to a signed-in session")
+    if CsrfViewMiddleware(lambda request: None).process_view(request, None, (), {}) is not None:
+        why = "CSRF check failed: send the csrftoken cookie's value in an X-CSRFToken header"
+        return json_error(403, why)
+    try:
+        ttl = tokens.check_ttl(requested_ttl(request))
+    except (tokens.InvalidTTL, ValueError) as error:
+        return json_error(400, str(error))
+    issued, expires_at = tokens.issue(request.user, ttl)
+    return JsonResponse({"token": issued, "expires_at": expires_at.isoformat(), "ttl": ttl})
+
+
+def requested_ttl(request: HttpRequest) -> object:
+    """Return the ttl a JSON or form body asks for, or None; raise ValueError for a bad JSON body."""
+    if request.content_type == "application/json":
+        if not request.body.strip():
+            return None
+        try:
+            body = json.loads(request.body)
+        except (ValueError, RecursionError):
+            body = None
+        if not isinstance(body, dict):
+            raise ValueError('the body must be a JSON object, e.g. {"ttl": 600}')
+        return body.get("ttl")
+    return request.POST.get("ttl") or None
+
+
+def json_error(status: int, error: str) -> JsonResponse:
+    return JsonResponse({"error": error}, status=status)

@@ -66,6 +66,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
+    # django-ninja: the HTTP API (echo/api.py); listed so that its docs page uses local files, no CDN.
+    "ninja",
     "echo",
 ]
 
@@ -220,10 +222,31 @@ WEBSOCKET_MAX_CONNECTIONS = env_int("WEBSOCKET_MAX_CONNECTIONS", -1)
 if WEBSOCKET_MAX_CONNECTIONS < 0:
     WEBSOCKET_MAX_CONNECTIONS = None  # project.daphne_limits derives it from the descriptor limit
 
+# permessage-deflate (project/daphne_deflate.py): "off" (the default: README, Performance), "on"
+# (context takeover, 12-bit window, memory level 5) or "no-context-takeover" (each message on its
+# own); messages shorter than WEBSOCKET_COMPRESSION_MIN_SIZE bytes go uncompressed (128: a
+# connection that got only its welcome and presence counts keeps no compressor).
+WEBSOCKET_COMPRESSION = os.environ.get("WEBSOCKET_COMPRESSION", "").strip().lower() or "off"
+if WEBSOCKET_COMPRESSION not in ("off", "on", "no-context-takeover"):
+    sys.stderr.write(
+        f"WEBSOCKET_COMPRESSION must be off, on or no-context-takeover, not {WEBSOCKET_COMPRESSION!r}.\n"
+    )
+    raise SystemExit(2)
+WEBSOCKET_COMPRESSION_MIN_SIZE = env_int("WEBSOCKET_COMPRESSION_MIN_SIZE", 128)
+
 # --- Operations ----------------------------------------------------------------------
 
 # /metrics is for signed-in staff unless this opens it (for a scraper on a private network).
 METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)
+
+# --- Tokens (echo/tokens.py) -----------------------------------------------------------
+
+# Seconds a token lives when no ttl is asked for, and the longest a ttl may be.
+TOKEN_TTL = env_int("TOKEN_TTL", 3600)
+TOKEN_MAX_TTL = env_int("TOKEN_MAX_TTL", 86400)
+if not 1 <= TOKEN_TTL <= TOKEN_MAX_TTL:
+    sys.stderr.write(f"TOKEN_TTL must be between 1 and TOKEN_MAX_TTL ({TOKEN_MAX_TTL}), not {TOKEN_TTL}.\n")
+    raise SystemExit(2)
 
 # --- Logging -------------------------------------------------------------------------
 
@@ -264,3 +287,9 @@ CHANNEL_LAYER_SEND_TIMEOUT = env_int("CHANNEL_LAYER_SEND_TIMEOUT", 5)
 PRESENCE_INTERVAL = float(os.environ.get("PRESENCE_INTERVAL", "2"))
 # A process silent for this long is taken for dead, and its connections are removed.
 PRESENCE_STALE_AFTER = env_int("PRESENCE_STALE_AFTER", 30)
+
+# Who may "say" in a room (echo.json): "users" (signed-in users only) or "anyone" (guests too).
+ROOM_SPEAKERS = os.environ.get("ROOM_SPEAKERS", "").strip().lower() or "users"
+if ROOM_SPEAKERS not in ("users", "anyone"):
+    sys.stderr.write(f"ROOM_SPEAKERS must be users or anyone, not {ROOM_SPEAKERS!r}.\n")
+    raise SystemExit(2)

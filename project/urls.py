@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import path, re_path
 
 from echo import views
+from echo.api import api
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -12,5 +13,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("metrics", views.metrics, name="metrics"),
     path("favicon.ico", views.favicon, name="favicon"),
+    path("token", views.token, name="token"),
     path("admin/", admin.site.urls),
+    path("api/", api.urls),
 ]

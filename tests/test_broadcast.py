@@ -332,3 +332,108 @@ async def test_a_position_another_record_holds_is_kept_without_it(monkeypatch, c
     mine = await Broadcast.objects.aget(text="mine")
     assert (mine.position, mine.pushed) == (None, True)
     assert any("position already recorded" in r.getMessage() for r in caplog.records)
+
+
+async def user_client(user, path: str = "/ws/", json: bool = False) -> WebsocketCommunicator:
+    """A ws/ client signed in as ``user`` (the scope the session middleware would make)."""
+    communicator = WebsocketCommunicator(
+        EchoConsumer.as_asgi(), path, subprotocols=["echo.json"] if json else None
+    )
+    communicator.scope["user"] = user
+    assert (await communicator.connect())[0]
+    if json:
+        assert (await communicator.receive_json_from())["type"] == "welcome"
+    return communicator
+
+
+async def test_a_push_to_a_user_reaches_every_connection_of_theirs_and_no_one_else():
+    """broadcast_send(user=...) reaches both of alice's tabs, not bob's nor an anonymous client's."""
+    alice = await get_user_model().objects.acreate(username="alice")
+    bob = await get_user_model().objects.acreate(username="bob")
+    tab, other_tab = await user_client(alice, json=True), await user_client(alice)
+    bobs, anonymous = await user_client(bob), await client()
+    sent = await database_sync_to_async(services.broadcast_send)(text="just you", user=alice)
+    assert (sent.group, sent.recipient_id, sent.kind) == (f"user:{alice.pk}", alice.pk, "broadcast")
+    received = await tab.receive_json_from(timeout=3)
+    assert (received["type"], received["id"], received["group"]) == ("broadcast", sent.position, sent.group)
+    assert await other_tab.receive_from(timeout=3) == "Server broadcast: just you"
+    assert await bobs.receive_nothing(timeout=0.5) and await anonymous.receive_nothing(timeout=0.1)
+    for communicator in (tab, other_tab, bobs, anonymous):
+        await communicator.disconnect()
+
+
+def test_a_push_to_a_group_and_a_user_at_once_is_refused():
+    """A group and a user together say two different things: refused, nothing recorded."""
+    alice = get_user_model().objects.create(username="alice")
+    with pytest.raises(services.InvalidBroadcast, match="give a group or a user, not both"):
+        services.broadcast_send(text="x", group="red", user=alice)
+    with pytest.raises(services.InvalidBroadcast, match="is not saved"):
+        services.broadcast_send(text="x", user=get_user_model()(username="ghost"))
+    assert not Broadcast.objects.exists()
+
+
+async def test_a_resume_replays_the_users_own_pushes_and_nobody_elses():
+    """After ?after=, alice gets what was pushed to her while away, not what went to bob."""
+    alice = await get_user_model().objects.acreate(username="alice")
+    bob = await get_user_model().objects.acreate(username="bob")
+    (before,) = await send_many("before")
+    mine = await database_sync_to_async(services.broadcast_send)(text="for alice", user=alice)
+    await database_sync_to_async(services.broadcast_send)(text="for bob", user=bob)
+    (everyone,) = await send_many("for all")
+    back = await user_client(alice, f"/ws/?after={before}", json=True)
+    replayed = [await back.receive_json_from(timeout=3) for _ in range(2)]
+    assert [(m["id"], m["text"]) for m in replayed] == [(mine.position, "for alice"), (everyone, "for all")]
+    assert (await back.receive_json_from())["type"] == "resumed"
+    await back.disconnect()
+
+
+async def test_command_with_user_reaches_only_that_user():
+    """--user NAME reaches that user's connections, and says so in one line."""
+    alice = await get_user_model().objects.acreate(username="alice")
+    tab, anonymous = await user_client(alice), await client()
+    out = StringIO()
+    await database_sync_to_async(call_command)("broadcast", "hi alice", user="alice", stdout=out)
+    broadcast = await Broadcast.objects.aget()
+    assert broadcast.recipient_id == alice.pk
+    assert await tab.receive_from(timeout=3) == "Server broadcast: hi alice"
+    assert await anonymous.receive_nothing(timeout=0.5)
+    assert out.getvalue().startswith(
+        f"Broadcast #{broadcast.position} sent to user 'alice'; the registry knows "
+    )
+    await tab.disconnect()
+    await anonymous.disconnect()
+
+
+def test_command_with_an_unknown_user_exits_1_with_one_line(tmp_path):
+    """manage.py broadcast --user nobody: one CommandError line, exit 1, nothing recorded."""
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "PATH": "/usr/bin:/bin"}
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    result = subprocess.run(
+        [*manage, "broadcast", "hi", "--user", "nobody"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stderr == "CommandError: no user named 'nobody'\n"
+    with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM echo_broadcast").fetchone() == (0,)
+
+
+def test_the_size_check_covers_room_messages_plain_and_json():
+    """largest_broadcast_frame is at least any real frame of a broadcast or a room message, whatever
+    the sender (a 150-character name of 4-byte characters, a label of escaped ones)."""
+    text = "x" * 100
+    longest = {
+        "id": services.MAX_BROADCAST_ID,
+        "text": text,
+        "group": "g" * services.GROUP_NAME_MAX,
+        "sent_at": services.LONGEST_SENT_AT,
+    }
+    frames = [
+        services.push_frame({**longest, "kind": kind, "sender": sender}, as_json=as_json)
+        for kind in ("broadcast", "message")
+        for sender in ("\U0001f600" * 150, "\x01" * 150)
+        for as_json in (True, False)
+    ]
+    assert frames[-1] == "Message from " + "\x01" * 150 + ": " + text  # a plain client's room message
+    largest = max(len(frame.encode()) for frame in frames)
+    assert services.largest_broadcast_frame(text) == largest

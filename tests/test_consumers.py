@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from urllib.parse import parse_qs, urlsplit
 
 import channels.consumer
 import pytest
@@ -16,7 +17,9 @@ from prometheus_client import REGISTRY
 
 from echo import pushlog, services
 from echo.consumers import EchoConsumer, RawEchoConsumer
+from echo.models import Broadcast
 from echo.presence import PresenceRegistry
+from tests.servers import free_port
 
 pytestmark = [
     pytest.mark.usefixtures("channel_layer_settings", "registry"),
@@ -115,7 +118,8 @@ async def connected_json(path: str = "/ws/") -> WebsocketCommunicator:
     accepted, subprotocol = await communicator.connect()
     assert accepted and subprotocol == "echo.json"
     welcome = await communicator.receive_json_from()
-    assert welcome["type"] == "welcome" and welcome["user"] is None and welcome["groups"] == ["all"]
+    groups = ["all", *parse_qs(urlsplit(path).query).get("group", [])]
+    assert welcome["type"] == "welcome" and welcome["user"] is None and welcome["groups"] == groups
     return communicator
 
 
@@ -135,10 +139,16 @@ async def test_json_client_gets_envelopes():
     [
         ("not json", "expected a JSON object, got text that is not JSON"),
         ("[1, 2]", "expected a JSON object, got list"),
-        ('{"type": "shout", "text": "x"}', "expected type to be one of echo, join, leave, got 'shout'"),
+        ('{"type": "shout", "text": "x"}', "expected type to be one of echo, join, leave, say, got 'shout'"),
         ('{"type": "echo"}', "expected a string 'text' in a 'echo' message"),
         ('{"type": "join", "group": "no spaces"}', "invalid group name 'no spaces'"),
         ('{"type": "leave", "group": "all"}', "every connection stays in 'all'"),
+        ('{"type": "leave", "group": "user:1"}', "invalid group name 'user:1'"),
+        ('{"type": "join", "group": "user:1"}', "invalid group name 'user:1'"),
+        ('{"type": "say", "text": "hi"}', "expected a string 'group' in a 'say' message, got None"),
+        ('{"type": "say", "group": "red"}', "expected a string 'text' in a 'say' message, got None"),
+        ('{"type": "say", "group": "red", "text": "\\udc00"}', "expected 'text' to be Unicode text"),
+        ('{"type": "say", "group": "red", "text": "hi"}', "only signed-in users may speak in a room"),
     ],
 )
 async def test_bad_json_message_gets_an_error_envelope_and_the_connection_stays(frame, error):
@@ -424,3 +434,121 @@ async def test_a_consumer_cancelled_mid_connect_leaves_nothing_behind(monkeypatc
     with contextlib.suppress(asyncio.CancelledError):
         await communicator.future
     assert_cleaned_up(registry, open_before)
+
+
+async def test_a_signed_in_connection_is_in_its_user_group_and_cannot_leave_it():
+    """A signed-in connection gets its user's pushes; "user:<pk>" is not among the groups it chose."""
+    alice = await User.objects.acreate(username="alice")
+    communicator = WebsocketCommunicator(EchoConsumer.as_asgi(), "/ws/", subprotocols=["echo.json"])
+    communicator.scope["user"] = alice
+    assert (await communicator.connect())[0]
+    assert (await communicator.receive_json_from())["groups"] == ["all"]
+    own = services.user_group(alice)
+    await communicator.send_json_to({"type": "leave", "group": own})
+    assert await communicator.receive_json_from() == {
+        "type": "error",
+        "error": f"a signed-in connection stays in its user's group {own!r}",
+    }
+    sent = await database_sync_to_async(services.broadcast_send)(text="for alice", user=alice)
+    received = await communicator.receive_json_from(timeout=3)
+    assert (received["type"], received["id"], received["group"]) == ("broadcast", sent.position, own)
+    await communicator.disconnect()
+    assert pushlog.tail.members == {}, pushlog.tail.members
+
+
+async def signed_in_json(user, path: str = "/ws/?group=red") -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(EchoConsumer.as_asgi(), path, subprotocols=["echo.json"])
+    communicator.scope["user"] = user
+    assert (await communicator.connect())[0]
+    assert (await communicator.receive_json_from())["type"] == "welcome"
+    return communicator
+
+
+async def test_say_reaches_the_room_sender_included_and_plain_members_as_text():
+    """A member's say is pushed to the room as a message envelope (a plain member gets text); others
+    get nothing; the record is a room message naming its sender."""
+    alice = await User.objects.acreate(username="alice")
+    speaker, plain = await signed_in_json(alice), await connected(EchoConsumer, "/ws/?group=red")
+    outsider = await connected_json()
+    await speaker.send_json_to({"type": "say", "group": "red", "text": "hello <b>red</b>"})
+    message = await speaker.receive_json_from(timeout=3)
+    record = await Broadcast.objects.aget(position=message["id"])
+    assert message == {
+        "type": "message",
+        "id": record.position,
+        "text": "hello <b>red</b>",
+        "group": "red",
+        "sender": "alice",
+        "sent_at": record.sent_at.isoformat(),
+    }
+    assert (record.kind, record.sender_id, record.sender_label) == ("message", alice.pk, "")
+    assert await plain.receive_from(timeout=3) == "Message from alice: hello <b>red</b>"
+    assert await outsider.receive_nothing(timeout=0.3)
+    for communicator in (speaker, plain, outsider):
+        await communicator.disconnect()
+
+
+SAY_REFUSED = {
+    "not-a-member": (
+        {"group": "blue", "text": "hi"},
+        "you are not in 'blue': join it before you speak in it",
+    ),
+    "all": ({"group": "all", "text": "hi"}, "'all' is every connection, not a room"),
+    "bad-group": ({"group": "no spaces", "text": "hi"}, "invalid group name 'no spaces'"),
+    "empty": ({"group": "red", "text": "  "}, "the text is empty: say something"),
+    "nul": ({"group": "red", "text": "a\x00b"}, "the text contains a NUL character at position 1"),
+    "too-long": ({"group": "red", "text": "x" * 1500}, "the text is too long: its largest frame would be "),
+}
+
+
+@pytest.mark.parametrize("fields, error", SAY_REFUSED.values(), ids=SAY_REFUSED.keys())
+async def test_a_say_that_cannot_go_gets_an_error_records_nothing_and_the_connection_stays(
+    settings, fields, error
+):
+    """A non-member, "all", a bad group or an undeliverable text: an error envelope, nothing kept or sent."""
+    settings.WEBSOCKET_MAX_MESSAGE_SIZE = 2000
+    alice = await User.objects.acreate(username="alice")
+    speaker, member = await signed_in_json(alice), await connected(EchoConsumer, "/ws/?group=red&group=blue")
+    await speaker.send_json_to({"type": "say", **fields})
+    reply = await speaker.receive_json_from(timeout=3)
+    assert reply["type"] == "error" and reply["error"].startswith(error), reply
+    assert not await Broadcast.objects.aexists()
+    assert await member.receive_nothing(timeout=0.3)
+    await speaker.send_json_to({"type": "echo", "text": "still"})
+    assert (await speaker.receive_json_from())["type"] == "echo"
+    await speaker.disconnect()
+    await member.disconnect()
+
+
+async def test_a_guest_speaks_only_when_room_speakers_is_anyone(settings):
+    """ROOM_SPEAKERS=users (the default) refuses an anonymous say; anyone lets it through as guest-<id>."""
+    guest = await connected_json("/ws/?group=red")
+    await guest.send_json_to({"type": "say", "group": "red", "text": "hi"})
+    refused = await guest.receive_json_from(timeout=3)
+    assert refused == {"type": "error", "error": "only signed-in users may speak in a room: sign in first"}
+    settings.ROOM_SPEAKERS = "anyone"
+    await guest.send_json_to({"type": "say", "group": "red", "text": "hi"})
+    message = await guest.receive_json_from(timeout=3)
+    record = await Broadcast.objects.aget()
+    assert message["type"] == "message" and message["sender"] == record.sender_label
+    assert record.sender_label.startswith("guest-") and len(record.sender_label) == len("guest-") + 8
+    await guest.disconnect()
+
+
+async def test_a_say_redis_refuses_gets_an_error_and_leaves_no_record(settings, caplog):
+    """With Redis unreachable: an error envelope saying it was not sent, no row, a WARNING; the
+    connection stays and later says go through."""
+    alice = await User.objects.acreate(username="alice")
+    speaker = await signed_in_json(alice)
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # the append's client; nothing listens
+    await speaker.send_json_to({"type": "say", "group": "red", "text": "lost"})
+    reply = await speaker.receive_json_from(timeout=15)
+    assert reply == {
+        "type": "error",
+        "error": "not sent: the server cannot reach its message store just now; try again",
+    }
+    assert not await Broadcast.objects.aexists()
+    assert any("message in red not sent: Redis at" in r.getMessage() for r in caplog.records)
+    await speaker.send_json_to({"type": "echo", "text": "still"})
+    assert (await speaker.receive_json_from())["type"] == "echo"
+    await speaker.disconnect()
