@@ -9,14 +9,22 @@ from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html
 
-from echo import services
-from echo.models import Broadcast, Connection
+from echo import api_keys, services
+from echo.models import ApiKey, Broadcast, Connection
 
 
 class BroadcastForm(forms.ModelForm):
+    """The text, and whom it is for: a group, or one user (every connection of theirs)."""
+
+    user = forms.CharField(
+        required=False,
+        max_length=150,
+        help_text="Or a username: every connection of that user gets it (leave group as 'all').",
+    )
+
     class Meta:
         model = Broadcast
-        fields = ["text", "group"]
+        fields = ["text", "group", "user"]
         help_texts = {"group": "Who gets it: 'all' for every connection, or a group's name."}
 
     def clean_text(self) -> str:
@@ -30,6 +38,24 @@ class BroadcastForm(forms.ModelForm):
             return services.validate_group_name(self.cleaned_data["group"])
         except services.InvalidGroupName as error:
             raise ValidationError(str(error)) from None
+
+    def clean_user(self):
+        name = self.cleaned_data["user"].strip()
+        if not name:
+            return None
+        try:
+            return services.find_user(name)
+        except services.InvalidBroadcast as error:
+            raise ValidationError(str(error)) from None
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        group, user = cleaned.get("group"), cleaned.get("user")
+        if user is not None and group not in (None, services.ALL_GROUP):
+            raise ValidationError(
+                f"Give a group or a user, not both: set group to {services.ALL_GROUP!r} to send to {user}."
+            )
+        return cleaned
 
 
 def shorten(text: str, width: int) -> str:
@@ -72,12 +98,12 @@ class BroadcastAdmin(admin.ModelAdmin):
     """Saving a new broadcast sends it; sent broadcasts are history and cannot be changed."""
 
     form = BroadcastForm
-    list_display = ["id", "text", "group", "sent_by", "sent_at", "delivery"]
+    list_display = ["id", "text", "kind", "group", "recipient", "sent_by", "sent_at", "delivery"]
     list_display_links = ["id", "text"]
-    list_filter = [DeliveryFilter, "group", "sent_at", ("sender", SenderFilter)]
-    search_fields = ["text", "group", "sender__username"]
+    list_filter = [DeliveryFilter, "kind", "group", "sent_at", ("sender", SenderFilter)]
+    search_fields = ["text", "group", "sender__username", "sender_label", "recipient__username"]
     date_hierarchy = "sent_at"
-    readonly_fields = ["sent_by", "sent_at", "delivery"]
+    readonly_fields = ["kind", "recipient", "sent_by", "sent_at", "delivery"]
 
     @admin.display(description="sender", ordering="sender")
     def sent_by(self, obj: Broadcast) -> str:
@@ -93,18 +119,30 @@ class BroadcastAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["text", "group", "user"]
+        return ["text", "kind", "group", "recipient", "sent_by", "sent_at", "delivery"]
+
     def save_model(self, request, obj: Broadcast, form, change: bool) -> None:
+        user = form.cleaned_data.get("user")
+        group = services.ALL_GROUP if user is not None else obj.group
         try:
-            sent = services.broadcast_send(text=obj.text, group=obj.group, sender=request.user)
+            sent = services.broadcast_send(text=obj.text, group=group, user=user, sender=request.user)
         except services.BroadcastNotSent as error:
             obj.pk = error.broadcast.pk
             self.message_user(request, f"Not sent: {error}", messages.ERROR)
             return
         obj.pk = sent.pk
-        live = services.live_connections(group=sent.group).count()
+        if user is not None:
+            live = services.live_connections(user=user).count()
+            to, there = f"user {user.get_username()!r}", "of theirs"
+        else:
+            live = services.live_connections(group=sent.group).count()
+            to, there = f"group {sent.group!r}", "there"
         self.message_user(
             request,
-            f"Broadcast #{sent.position} sent to group {sent.group!r} ({live} live connection(s) there).",
+            f"Broadcast #{sent.position} sent to {to} ({live} live connection(s) {there}).",
             messages.SUCCESS,
         )
 
@@ -120,7 +158,7 @@ class ConnectionAdmin(admin.ModelAdmin):
     # The list fits a 1280-pixel screen beside the admin's navigation: no filter sidebar (the
     # search finds a process or a protocol too), a few groups named, the time of day for
     # the date and host:pid for the process (hover either for the whole).
-    list_display = ["id", "user", "peer", "group_list", "protocol", "since", "host_pid"]
+    list_display = ["id", "user_link", "peer", "group_list", "protocol", "since", "host_pid"]
     search_fields = [
         "id",
         "peer",
@@ -135,6 +173,16 @@ class ConnectionAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return services.live_connections().select_related("user", "process")
+
+    @admin.display(description="user", ordering="user__username")
+    def user_link(self, obj: Connection) -> str:
+        # The filter by user: a link to this list with only that user's connections (?user=<pk>),
+        # in place of a filter sidebar the list has no room for.
+        if obj.user is None:
+            return "-"
+        name = obj.user.get_username()
+        title = f"Only {name}'s connections"
+        return format_html('<a href="?user={}" title="{}">{}</a>', obj.user_id, title, name)
 
     @admin.display(description="groups", ordering="groups")
     def group_list(self, obj: Connection) -> str:
@@ -173,3 +221,55 @@ class ConnectionAdmin(admin.ModelAdmin):
         reason = f"disconnected by {request.user.get_username()}"
         count = services.disconnect(connections=queryset, reason=reason)
         self.message_user(request, f"Asked {count} connection(s) to close (code 4000).", messages.SUCCESS)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys for the HTTP API (echo.api): made here, the key shown once after saving; revoked by the action."""
+
+    list_display = ["name", "key_prefix", "permission", "created_at", "created_by", "last_used_at", "revoked"]
+    list_filter = ["permission", ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "prefix"]
+    actions = ["revoke_selected"]
+
+    @admin.display(description="key", ordering="prefix")
+    def key_prefix(self, obj: ApiKey) -> str:
+        return f"{obj.prefix}..."
+
+    @admin.display(description="revoked", ordering="revoked_at")
+    def revoked(self, obj: ApiKey) -> str:
+        return date_format(timezone.localtime(obj.revoked_at), "DATETIME_FORMAT") if obj.revoked_at else "-"
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["name", "permission"]
+        return ["name", "permission", "key_prefix", "created_at", "created_by", "last_used_at", "revoked_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
+        return ["key_prefix", "created_at", "created_by", "last_used_at", "revoked_at"]
+
+    def save_model(self, request, obj: ApiKey, form, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        key = api_keys.fill(obj)
+        obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+        # The only time the key is shown: only its digest is kept.
+        self.message_user(
+            request,
+            format_html(
+                "The key of {}: <code>{}</code> Copy it now: it is not shown again. "
+                "Send it as the header <code>Authorization: Bearer KEY</code>.",
+                obj.name,
+                key,
+            ),
+            messages.WARNING,
+        )
+
+    @admin.action(permissions=["change"], description="Revoke selected keys")
+    def revoke_selected(self, request, queryset) -> None:
+        count = api_keys.revoke(queryset)
+        self.message_user(request, f"Revoked {count} key(s): the API refuses them now.", messages.SUCCESS)

@@ -49,7 +49,7 @@ async def test_saving_a_broadcast_in_the_admin_sends_it():
     assert response.status_code == 200
     broadcast = await Broadcast.objects.select_related("sender").aget()
     assert (broadcast.text, broadcast.group, broadcast.sender.username) == ("from the admin", "all", "alice")
-    assert f"Broadcast #{broadcast.pk} sent to group &#x27;all&#x27;" in response.content.decode()
+    assert f"Broadcast #{broadcast.position} sent to group &#x27;all&#x27;" in response.content.decode()
     assert await listener.receive_from(timeout=3) == "Server broadcast: from the admin"
     await listener.disconnect()
 
@@ -169,3 +169,64 @@ async def test_a_broadcast_from_the_command_line_names_its_sender():
     broadcast = await Broadcast.objects.aget(text="from a script")
     detail = (await client.get(f"/admin/echo/broadcast/{broadcast.pk}/change/")).content.decode()
     assert '<div class="readonly">server</div>' in detail
+
+
+async def test_the_admin_sends_to_one_user_and_refuses_a_group_with_a_user_or_an_unknown_user():
+    """The user field sends to every connection of that user and no one else; a user with a group,
+    or a name nobody has, is a form error and nothing is sent."""
+    client = await signed_in("add_broadcast", "view_broadcast")
+    bob = await User.objects.acreate(username="bob")
+    bobs = WebsocketCommunicator(EchoConsumer.as_asgi(), "/ws/")
+    bobs.scope["user"] = bob
+    assert (await bobs.connect())[0]
+    other = await ws_client()
+    for fields, error in [
+        ({"group": "red", "user": "bob"}, "Give a group or a user, not both"),
+        ({"group": "all", "user": "nobody"}, "no user named &#x27;nobody&#x27;"),
+    ]:
+        response = await client.post("/admin/echo/broadcast/add/", {"text": "x", **fields})
+        assert response.status_code == 200 and error in response.content.decode()
+    assert not await Broadcast.objects.aexists()
+    response = await client.post(
+        "/admin/echo/broadcast/add/", {"text": "for bob", "group": "all", "user": "bob"}, follow=True
+    )
+    broadcast = await Broadcast.objects.aget()
+    assert (broadcast.group, broadcast.recipient_id) == (services.user_group(bob), bob.pk)
+    assert f"Broadcast #{broadcast.position} sent to user &#x27;bob&#x27;" in response.content.decode()
+    assert await bobs.receive_from(timeout=3) == "Server broadcast: for bob"
+    assert await other.receive_nothing(timeout=0.3)
+    await bobs.disconnect()
+    await other.disconnect()
+
+
+async def test_history_shows_room_messages_with_their_kind_and_sender():
+    """A room message is listed as such, with its guest sender; the kind filters the list."""
+    await Broadcast.objects.acreate(
+        text="said in red", group="red", kind="message", sender_label="guest-1a2b3c4d"
+    )
+    await Broadcast.objects.acreate(text="from the server", group="all")
+    client = await signed_in(superuser=True)
+    page = (await client.get("/admin/echo/broadcast/")).content.decode()
+    row = next(row for row in page.split("<tr")[1:] if "said in red" in row)
+    assert '<td class="field-kind">room message</td>' in row and "guest-1a2b3c4d" in row, row
+    messages = (await client.get("/admin/echo/broadcast/?kind=message")).content.decode()
+    assert "said in red" in messages and "from the server" not in messages
+
+
+async def test_live_connections_can_be_filtered_by_user(registry):
+    """A user's name in the list links to the list of that user's connections only."""
+    carol = await User.objects.acreate(username="carol")
+    carols = WebsocketCommunicator(EchoConsumer.as_asgi(), "/ws/?group=red")
+    carols.scope["user"] = carol
+    assert (await carols.connect())[0]
+    anonymous = await ws_client()
+    await registry.flush()
+    client = await signed_in(superuser=True)
+    page = (await client.get("/admin/echo/connection/")).content.decode()
+    link = f'<a href="?user={carol.pk}" title="Only carol&#x27;s connections">carol</a>'
+    assert link in page
+    rows = await database_sync_to_async(lambda: {c.user_id: c.id for c in services.live_connections()})()
+    filtered = (await client.get(f"/admin/echo/connection/?user={carol.pk}")).content.decode()
+    assert rows[carol.pk] in filtered and rows[None] not in filtered
+    await carols.disconnect()
+    await anonymous.disconnect()
