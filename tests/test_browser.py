@@ -3,15 +3,19 @@
 Screenshots go to artifacts/ (git-ignored) for a person to look at.
 """
 
+import json
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.template import Context, Template
+from websockets.sync.server import ServerConnection, serve
 
 from tests.conftest import ADMIN_PASSWORD
 from tests.servers import ROOT, DaphneServer
@@ -32,7 +36,15 @@ def browser():
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--no-first-run",
+                # A page a test serves through page.route() has no address of its own, so Chromium takes
+                # it for a public page and blocks its sockets to 127.0.0.1 (Local Network Access).
+                "--disable-features=LocalNetworkAccessChecks",
+            ],
         )
         yield browser
         browser.close()
@@ -242,12 +254,13 @@ def test_a_signed_in_user_is_shown_by_name(signed_in_page, daphne):
     expect_status(page, "Connected")
     assert page.locator("#who").inner_text() == "Signed in as admin"
     admin_tab = page.context.new_page()
+    user_cells = admin_tab.locator("#result_list td[class^='field-user']", has_text="admin")
     for _ in range(40):  # presence rows are written every PRESENCE_INTERVAL (0.5 s here)
         admin_tab.goto(daphne.http_url + "/admin/echo/connection/")
-        if admin_tab.locator("#result_list td.field-user", has_text="admin").count():
+        if user_cells.count():
             break
         admin_tab.wait_for_timeout(250)
-    assert admin_tab.locator("#result_list td.field-user", has_text="admin").count() == 1
+    assert user_cells.count() == 1
     screenshot(admin_tab, "admin-connections.png")
 
 
@@ -331,3 +344,314 @@ def test_the_connections_list_fits_1280_pixels(signed_in_page, daphne):
         )
     page_width, table_width, box_width = widths
     assert page_width <= 1280 and table_width <= box_width, widths
+
+
+def sign_in(page, server: DaphneServer) -> None:
+    """Sign ``page``'s browser context in as the administrator, on ``server``."""
+    page.goto(server.http_url + "/admin/login/?next=/admin/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", ADMIN_PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url("**/admin/")
+
+
+def join_room(page, name: str) -> None:
+    """Join room ``name`` and pick it as where the message box sends."""
+    page.fill("#group", name)
+    page.press("#group", "Enter")
+    page.locator("#group-list li", has_text=name).wait_for()
+    page.select_option("#to", name)
+
+
+def room_line(page, text: str):
+    """The room message line whose text is ``text``, once it is there."""
+    line = page.locator("#log li.message").filter(has=page.locator(".text", has_text=text)).last
+    line.wait_for(timeout=10_000)
+    return line
+
+
+def chat_page(browser):
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.errors = errors
+    return page
+
+
+def test_two_people_chat_in_a_room(browser, start_daphne):
+    """A signed-in user and a guest in room "red": each sees the other's lines under the right name,
+    their own marked, and hostile text as the characters it is."""
+    server = start_daphne(ROOM_SPEAKERS="anyone")
+    admin, guest = chat_page(browser), chat_page(browser)
+    sign_in(admin, server)
+    for page in (admin, guest):
+        open_chat(page, server)
+        join_room(page, "red")
+    assert admin.locator("#who").inner_text() == "Signed in as admin"
+    assert guest.locator("#who").inner_text() == "Anonymous"
+
+    send(admin, "hello from the admin")
+    own, seen = room_line(admin, "hello from the admin"), room_line(guest, "hello from the admin")
+    assert own.locator(".who").inner_text() == seen.locator(".who").inner_text() == "admin"
+    assert own.locator("small").inner_text() == "in red"
+    assert "mine" in own.get_attribute("class") and "mine" not in seen.get_attribute("class")
+    assert admin.input_value("#message") == ""
+
+    send(guest, "hi, a guest here")
+    own, seen = room_line(guest, "hi, a guest here"), room_line(admin, "hi, a guest here")
+    guest_name = own.locator(".who").inner_text()
+    assert re.fullmatch(r"guest-[0-9a-f]{8}", guest_name), guest_name
+    assert seen.locator(".who").inner_text() == guest_name
+    assert "mine" in own.get_attribute("class") and "mine" not in seen.get_attribute("class")
+
+    hostile = '<img src=x onerror="window.__pwned=1"></script><script>window.__pwned=2</script>'
+    send(guest, hostile)
+    assert room_line(admin, "window.__pwned=2").locator(".text").inner_text() == hostile
+    assert room_line(guest, "window.__pwned=2").locator(".text").inner_text() == hostile
+    for page in (admin, guest):
+        page.wait_for_timeout(300)
+        assert page.locator("#log img, #log script").count() == 0
+        assert page.evaluate("window.__pwned") is None
+    assert admin.locator("#log li.message").count() == guest.locator("#log li.message").count() == 3
+    screenshot(admin, "chat-room.png")
+
+    # "Server (echo)" still talks to the echo, and the room is not told.
+    admin.select_option("#to", "")
+    send(admin, "just to the server")
+    wait_for_line(admin, "Server: Hello. You said: just to the server", "received")
+    assert "just to the server" not in log_lines(guest)
+    assert admin.errors == guest.errors == []
+    for page in (admin, guest):
+        page.context.close()
+
+
+def test_a_guest_may_not_speak_where_only_users_may(page, daphne):
+    """With ROOM_SPEAKERS at its default, a guest's line is refused with the server's reason, and the
+    guest still receives the room."""
+    open_chat(page, daphne)
+    join_room(page, "quiet")
+    send(page, "may I?")
+    wait_for_line(page, "only signed-in users may speak in a room: sign in first", "error")
+    assert page.locator("#log li.message").count() == 0
+    assert page.input_value("#message") == ""
+
+
+def test_a_room_message_sent_while_away_arrives_after_the_reconnect(browser, start_daphne):
+    """Kill the Daphne one page talks to; a message said in the room meanwhile, through another
+    process, reaches that page once it is back, once."""
+    first, second = start_daphne(ROOM_SPEAKERS="anyone"), start_daphne(ROOM_SPEAKERS="anyone")
+    reader, writer = chat_page(browser), chat_page(browser)
+    open_chat(reader, first)
+    open_chat(writer, second)
+    for page in (reader, writer):
+        join_room(page, "red")
+    send(writer, "before the outage")
+    room_line(reader, "before the outage")
+
+    first.kill()
+    expect_status(reader, "reconnecting in")
+    send(writer, "said while you were away")
+    room_line(writer, "said while you were away")  # the room had it: the writer is in the room
+
+    first.start()  # the same port
+    expect_status(reader, "Connected", timeout=40_000)
+    room_line(reader, "said while you were away")
+    wait_for_line(reader, "Caught up on 1 broadcast(s) missed while away", "system")
+    assert reader.locator("#log li.message").count() == 2, "nothing twice"
+    send(writer, "after the outage")
+    room_line(reader, "after the outage")
+    assert reader.locator("#log li.message .text").all_inner_texts() == [
+        "before the outage",
+        "said while you were away",
+        "after the outage",
+    ]
+    for page in (reader, writer):
+        page.context.close()
+
+
+EMBED_PATH = "/embedded/"
+
+
+def show_embedded(page, server: DaphneServer, html: str) -> None:
+    """Serve ``html`` as a page of ``server``'s origin (a developer's own template), and open it."""
+    url = server.http_url + EMBED_PATH
+    page.route(
+        url, lambda route: route.fulfill(status=200, content_type="text/html; charset=utf-8", body=html)
+    )
+    page.goto(url)
+
+
+def readme_embed_snippet() -> str:
+    """The template lines of the README's "Embed the client", rendered by Django."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Embed the client", 1)[1]
+    snippet = section.split("```html\n", 1)[1].split("```", 1)[0]
+    return Template(snippet).render(Context())
+
+
+def test_the_readmes_embed_snippet_receives_pushes(page, daphne):
+    """The README's ten lines, in a page of one's own: its group's broadcasts show, others' do not."""
+    with page.expect_websocket() as socket_info:
+        show_embedded(page, daphne, "<!doctype html><title>mine</title>" + readme_embed_snippet())
+    welcome = json.loads(socket_info.value.wait_for_event("framereceived"))
+    assert welcome["type"] == "welcome" and welcome["groups"] == ["all", "staff"], welcome
+    broadcast(daphne, "not for staff", "--group", "other")
+    broadcast(daphne, "staff <b>meeting</b> at noon", "--group", "staff")
+    page.locator("#pushes li", has_text="meeting").wait_for()
+    assert page.locator("#pushes li").all_inner_texts() == ["server: staff <b>meeting</b> at noon"]
+    assert page.locator("#pushes b").count() == 0
+    assert page.errors == []
+
+
+class ScriptedServer:
+    """A WebSocket server that plays one scripted part per connection, to see what the client does
+    after close codes the real server sends only in rare moments (1013: a consumer that fell behind)."""
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        self.requests: list[tuple[str, str]] = []  # (path, Sec-WebSocket-Protocol) of each handshake
+        self.server = serve(self.handle, "127.0.0.1", 0, subprotocols=["echo.json"])
+        self.port = self.server.socket.getsockname()[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def handle(self, connection: ServerConnection) -> None:
+        self.requests.append((connection.request.path, connection.request.headers["Sec-WebSocket-Protocol"]))
+        part = (
+            self.parts.pop(0) if self.parts else (lambda connection: connection.close(1011, "no part left"))
+        )
+        part(connection)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def envelope(kind: str, **fields) -> str:
+    return json.dumps({"type": kind, **fields})
+
+
+def push(position: int, text: str) -> str:
+    return envelope(
+        "broadcast", id=position, text=text, group="all", sender="server", sent_at="2026-11-22T08:00:00+00:00"
+    )
+
+
+def test_the_client_reconnects_resumes_and_stops_at_a_close_that_says_stop(page, daphne):
+    """Against a scripted server: the token rides beside echo.json; after 1013 the client comes back
+    within the backoff's ceiling, with ?after= its last id and its groups; after 4001 it stays away."""
+
+    def overloaded(connection):
+        connection.send(
+            envelope("welcome", connection="c1", user="alice", groups=["all", "red"], last_broadcast=5)
+        )
+        connection.send(push(6, "six"))
+        connection.close(1013, "try again later")
+
+    def expired(connection):
+        connection.send(
+            envelope("welcome", connection="c2", user="alice", groups=["all", "red"], last_broadcast=7)
+        )
+        connection.send(push(7, "seven"))
+        connection.send(envelope("resumed", after=6, replayed=1, truncated=False))
+        connection.close(4001, "token expired")
+
+    scripted = ScriptedServer([overloaded, expired])
+    try:
+        show_embedded(page, daphne, "<!doctype html><title>client</title>")
+        events = page.evaluate(
+            """async ([port]) => {
+                const {EchoClient, NotOpenError} = await import("/static/echo/client.js");
+                const client = new EchoClient({
+                    url: `ws://127.0.0.1:${port}/ws/`, token: "tok.en-1_2", groups: ["red"],
+                    backoff: {first: 400, cap: 800},
+                });
+                const events = [];
+                for (const type of ["open", "close", "reconnecting", "welcome", "broadcast", "resumed"]) {
+                    client.on(type, (detail) => events.push([type, detail]));
+                }
+                const refusals = [];
+                client.on("close", () => {
+                    try { client.say("red", "too late"); } catch (error) {
+                        refusals.push(error instanceof NotOpenError && error.message);
+                    }
+                });
+                client.connect();
+                await Promise.race([
+                    new Promise((resolve) => client.on("close", (close) => close.reconnect || resolve())),
+                    new Promise((resolve) => setTimeout(resolve, 8000)),  // a client that never stops
+                ]);
+                await new Promise((resolve) => setTimeout(resolve, 2500));  // no third connection
+                let badToken = "";
+                try { new EchoClient({token: "a:b"}).connect(); } catch (error) { badToken = error.name; }
+                return {events, refusals, state: client.state, lastId: client.lastId, badToken};
+            }""",
+            [scripted.port],
+        )
+    finally:
+        scripted.stop()
+    assert scripted.requests == [
+        ("/ws/?group=red", "echo.json, bearer.tok.en-1_2"),
+        ("/ws/?group=red&after=6", "echo.json, bearer.tok.en-1_2"),
+    ]
+    kinds = [kind for kind, _ in events["events"]]
+    assert kinds == [
+        "open",
+        "welcome",
+        "broadcast",
+        "close",
+        "reconnecting",
+        "open",
+        "welcome",
+        "broadcast",
+        "resumed",
+        "close",
+    ], kinds
+    closes = [detail for kind, detail in events["events"] if kind == "close"]
+    assert [(c["code"], c["reason"], c["reconnect"]) for c in closes] == [
+        (1013, "try again later", True),
+        (4001, "token expired", False),
+    ]
+    delay = next(detail["delay"] for kind, detail in events["events"] if kind == "reconnecting")
+    assert 0 <= delay <= 400  # the first ceiling: full jitter, below it
+    assert events["state"] == "closed" and events["lastId"] == 7
+    assert events["refusals"] == ["not sent: say in red: the connection is not open (closed)"] * 2
+    assert events["badToken"] == "TypeError"
+
+
+def issue_token(server: DaphneServer, name: str, ttl: int) -> str:
+    command = [sys.executable, "manage.py", "token", name, "--ttl", str(ttl)]
+    result = subprocess.run(command, cwd=ROOT, env=server.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_the_client_connects_with_a_token_and_stays_away_once_it_expires(page, daphne):
+    """A page with no session connects as the token's user (the token beside echo.json, not in the
+    URL), gets that user's pushes, and when the server closes with 4001 at expiry it does not return."""
+    token = issue_token(daphne, "admin", ttl=6)
+    urls: list[str] = []
+    page.on("websocket", lambda websocket: urls.append(websocket.url))
+    show_embedded(page, daphne, "<!doctype html><title>token</title>")
+    page.evaluate(
+        """async ([token]) => {
+            const {EchoClient} = await import("/static/echo/client.js");
+            const client = new EchoClient({token, backoff: {first: 200, cap: 400}});
+            window.seen = [];
+            for (const type of ["welcome", "broadcast", "close", "reconnecting"]) {
+                client.on(type, (detail) => window.seen.push([type, detail]));
+            }
+            client.connect();
+        }""",
+        [token],
+    )
+    page.wait_for_function("window.seen.length > 0")
+    broadcast(daphne, "for the admin alone", "--user", "admin")
+    page.wait_for_function("window.seen.some(([type]) => type === 'close')", timeout=15_000)
+    page.wait_for_timeout(1500)  # a reconnect would have come within 400 ms
+    seen = page.evaluate("window.seen")
+    assert [kind for kind, _ in seen] == ["welcome", "broadcast", "close"], seen
+    welcome, push, close = (detail for _, detail in seen)
+    assert welcome["user"] == "admin"
+    assert push["text"] == "for the admin alone" and push["group"].startswith("user:")
+    assert (close["code"], close["reason"], close["reconnect"]) == (4001, "token expired", False)
+    assert len(urls) == 1 and token not in urls[0]

@@ -1,271 +1,266 @@
-// The chat page's client for ws/ over the echo.json subprotocol.
+// The chat page, on static/echo/client.js: echo, broadcasts, presence, and rooms where people talk.
 // Everything a message says is shown with textContent: it is never parsed as HTML.
-(function () {
-  "use strict";
+const app = document.getElementById("app");
+// The template gives the client's URL ({% static %}: hashed in production), so both files cache forever.
+const {EchoClient, NotOpenError, ADMIN_DISCONNECT, TOKEN_EXPIRED, POLICY_VIOLATION} = await import(
+  app.dataset.client
+);
 
-  var PROTOCOL = "echo.json";
-  var MAX_LINES = 2000; // older lines are dropped so that the log stays fast
-  var BACKOFF_FIRST = 1000; // ms before the first reconnect
-  var BACKOFF_CAP = 30000; // ms at most between reconnects
-  var ADMIN_DISCONNECT = 4000; // the close code of an administrator's disconnect (echo/services.py)
+const MAX_LINES = 2000; // older lines are dropped so that the log stays fast
+const ECHO_TARGET = ""; // the "To" choice that sends to the server's echo, not to a room
 
-  var app = document.getElementById("app");
-  var statusEl = document.getElementById("status");
-  var onlineEl = document.getElementById("online");
-  var whoEl = document.getElementById("who");
-  var log = document.getElementById("log");
-  var sendForm = document.getElementById("send-form");
-  var input = document.getElementById("message");
-  var binaryBox = document.getElementById("binary");
-  var groupForm = document.getElementById("group-form");
-  var groupInput = document.getElementById("group");
-  var groupList = document.getElementById("group-list");
-  var connectButton = document.getElementById("connect");
-  var disconnectButton = document.getElementById("disconnect");
+const statusEl = document.getElementById("status");
+const onlineEl = document.getElementById("online");
+const whoEl = document.getElementById("who");
+const log = document.getElementById("log");
+const sendForm = document.getElementById("send-form");
+const input = document.getElementById("message");
+const target = document.getElementById("to");
+const binaryBox = document.getElementById("binary");
+const groupForm = document.getElementById("group-form");
+const groupInput = document.getElementById("group");
+const groupList = document.getElementById("group-list");
+const connectButton = document.getElementById("connect");
+const disconnectButton = document.getElementById("disconnect");
 
-  var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-  var url = scheme + window.location.host + app.dataset.wsPath;
-  document.getElementById("url").textContent = url;
+const client = new EchoClient({url: app.dataset.wsPath});
+document.getElementById("url").textContent = client.url.href;
 
-  var socket = null;
-  var wanted = true; // the person wants to be connected
-  var attempt = 0; // reconnects since the last open
-  var retryTimer = null;
-  var countdownTimer = null;
-  var groups = []; // the groups to be in, besides "all", kept across reconnects
-  var lastBroadcast = null; // the newest broadcast id seen: a reconnect asks for what came after
-  var seen = new Set(); // broadcast ids shown, so that a replay never shows one twice
+// The sender names this page has spoken as: a guest's changes with each connection.
+const myNames = new Set();
+let countdownTimer = null;
 
-  function clock(date) {
-    return date.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit"});
+function clock(date) {
+  return date.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit"});
+}
+
+const LABELS = {sent: "You", received: "Server", broadcast: "Broadcast", system: "•", error: "!"};
+
+function show(kind, text, {detail = "", when = null, who = LABELS[kind], mine = false} = {}) {
+  const nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 60;
+  const line = document.createElement("li");
+  line.className = "line " + kind + (mine ? " mine" : "");
+  const time = document.createElement("time");
+  time.textContent = clock(when || new Date());
+  const whoEl = document.createElement("span");
+  whoEl.className = "who";
+  whoEl.textContent = who;
+  const body = document.createElement("span");
+  body.className = "text";
+  body.textContent = text;
+  line.append(time, whoEl, body);
+  if (detail) {
+    const small = document.createElement("small");
+    small.textContent = detail;
+    line.append(small);
   }
+  log.append(line);
+  while (log.childElementCount > MAX_LINES) {
+    log.firstElementChild.remove();
+  }
+  if (nearBottom || kind === "sent" || mine) {
+    log.scrollTop = log.scrollHeight;
+  }
+}
 
-  function show(kind, text, detail, when) {
-    var nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 60;
-    var line = document.createElement("li");
-    line.className = "line " + kind;
-    var time = document.createElement("time");
-    time.textContent = clock(when || new Date());
-    var who = document.createElement("span");
-    who.className = "who";
-    who.textContent = {sent: "You", received: "Server", broadcast: "Broadcast", system: "•", error: "!"}[kind];
-    var body = document.createElement("span");
-    body.className = "text";
-    body.textContent = text;
-    line.append(time, who, body);
-    if (detail) {
-      var small = document.createElement("small");
-      small.textContent = detail;
-      line.append(small);
+function setStatus(state, text) {
+  statusEl.dataset.state = state;
+  statusEl.textContent = text;
+  const live = state === "open" || state === "connecting";
+  connectButton.disabled = live;
+  disconnectButton.disabled = !live && state !== "reconnecting";
+}
+
+function stopCountdown() {
+  clearInterval(countdownTimer);
+  countdownTimer = null;
+}
+
+// The rooms: a chip for each group the page is in ("all" cannot be left, nor spoken in), and the
+// same groups in the composer's "To" list.
+function renderGroups() {
+  groupList.replaceChildren();
+  const chosen = target.value;
+  const options = [new Option("Server (echo)", ECHO_TARGET)];
+  for (const name of client.groups) {
+    const chip = document.createElement("li");
+    chip.textContent = name;
+    if (name !== "all") {
+      const leave = document.createElement("button");
+      leave.type = "button";
+      leave.className = "leave";
+      leave.setAttribute("aria-label", "Leave " + name);
+      leave.textContent = "×";
+      leave.addEventListener("click", () => leaveGroup(name));
+      chip.append(leave);
+      options.push(new Option("Room " + name, name));
+      chip.classList.add("room");
+      chip.title = "Speak in " + name;
+      chip.addEventListener("click", (event) => {
+        if (event.target === chip) {
+          target.value = name;
+          binaryBox.disabled = true;
+          input.focus();
+        }
+      });
     }
-    log.append(line);
-    while (log.childElementCount > MAX_LINES) {
-      log.firstElementChild.remove();
-    }
-    if (nearBottom || kind === "sent") {
-      log.scrollTop = log.scrollHeight;
-    }
+    groupList.append(chip);
   }
+  target.replaceChildren(...options);
+  target.value = options.some((option) => option.value === chosen) ? chosen : ECHO_TARGET;
+  binaryBox.disabled = target.value !== ECHO_TARGET;
+}
 
-  function setStatus(state, text) {
-    statusEl.dataset.state = state;
-    statusEl.textContent = text;
-    var live = state === "open" || state === "connecting";
-    connectButton.disabled = live;
-    disconnectButton.disabled = !live && !retryTimer;
+function refuse(what) {
+  show("error", "Not sent: " + what + " – the connection is not open (" + statusEl.textContent + ")");
+}
+
+function leaveGroup(name) {
+  client.leave(name); // when not open, it is simply not rejoined
+  renderGroups();
+}
+
+client.on("connecting", () => {
+  stopCountdown();
+  setStatus("connecting", "Connecting…");
+});
+
+client.on("open", () => setStatus("open", "Connected"));
+
+client.on("close", ({code, reason, reconnect, byUser}) => {
+  stopCountdown();
+  const why = code === null ? "Disconnected" : "Closed (code " + code + (reason ? ": " + reason : "") + ")";
+  if (code === ADMIN_DISCONNECT) {
+    // An administrator closed this connection on purpose, to be rid of it: a page that came back
+    // by itself a second later would make their action useless. The person reads why and may press
+    // Connect. (A server that wants its clients back closes with 1001 or 1013: the page reconnects.)
+    show("error", "Disconnected by an administrator (" + (reason || "no reason given") + ")." +
+      " Press Connect to connect again.");
+  } else if (code === TOKEN_EXPIRED) {
+    show("error", "Your sign-in expired (" + (reason || "no reason given") + ")." +
+      " Sign in, then press Connect.");
+  } else if (code === POLICY_VIOLATION) {
+    show("error", "The server refused this connection (" + (reason || "no reason given") + ")." +
+      " Press Connect to try again.");
+  } else if (reason && !byUser) {
+    show("system", "The server closed the connection: " + reason + " (code " + code + ")");
   }
-
-  function renderGroups() {
-    groupList.replaceChildren();
-    ["all"].concat(groups).forEach(function (name) {
-      var chip = document.createElement("li");
-      chip.textContent = name;
-      if (name !== "all") {
-        var leave = document.createElement("button");
-        leave.type = "button";
-        leave.className = "leave";
-        leave.setAttribute("aria-label", "Leave " + name);
-        leave.textContent = "×";
-        leave.addEventListener("click", function () { leaveGroup(name); });
-        chip.append(leave);
-      }
-      groupList.append(chip);
-    });
+  setStatus("closed", why);
+  if (reconnect) {
+    statusEl.dataset.why = why; // the countdown below keeps saying why
   }
+});
 
-  function isOpen() {
-    return socket !== null && socket.readyState === WebSocket.OPEN;
+client.on("reconnecting", ({at}) => {
+  const why = statusEl.dataset.why;
+  const tick = () => {
+    const seconds = Math.max(0, Math.ceil((at - Date.now()) / 1000));
+    setStatus("reconnecting", why + " – reconnecting in " + seconds + " s");
+  };
+  tick();
+  countdownTimer = setInterval(tick, 250);
+});
+
+client.on("welcome", (welcome) => {
+  whoEl.textContent = welcome.user ? "Signed in as " + welcome.user : "Anonymous";
+  myNames.add(welcome.user || "guest-" + welcome.connection);
+  renderGroups();
+});
+
+client.on("echo", (echo) => show("received", echo.text));
+
+client.on("binary", (bytes) => {
+  show("received", new TextDecoder().decode(bytes), {detail: "binary, " + bytes.length + " bytes"});
+});
+
+client.on("text", (text) => show("received", text));
+
+client.on("broadcast", (push) => {
+  const sent = new Date(push.sent_at);
+  const to = push.group.startsWith("user:") ? "you" : push.group;
+  const detail = "from " + push.sender + " to " + to + " at " + clock(sent);
+  show("broadcast", push.text, {detail, when: sent});
+});
+
+client.on("message", (message) => {
+  show("message", message.text, {
+    who: message.sender,
+    detail: "in " + message.group,
+    when: new Date(message.sent_at),
+    mine: myNames.has(message.sender),
+  });
+});
+
+client.on("presence", (presence) => {
+  onlineEl.textContent = presence.online + " online";
+});
+
+client.on("resumed", (resumed) => {
+  if (resumed.replayed > 0 || resumed.truncated) {
+    show("system", "Caught up on " + resumed.replayed + " broadcast(s) missed while away" +
+      (resumed.truncated ? "; older ones were no longer kept" : ""));
   }
+});
 
-  function sendEnvelope(envelope) {
-    socket.send(JSON.stringify(envelope));
+client.on("joined", (joined) => {
+  renderGroups();
+  show("system", "Joined " + joined.group);
+});
+
+client.on("left", (left) => {
+  renderGroups();
+  show("system", "Left " + left.group);
+});
+
+client.on("error", (error) => show("error", error.error));
+
+target.addEventListener("change", () => {
+  binaryBox.disabled = target.value !== ECHO_TARGET;
+});
+
+sendForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = input.value;
+  if (text === "") {
+    return;
   }
-
-  function connect() {
-    clearTimers();
-    wanted = true;
-    setStatus("connecting", "Connecting…");
-    // Rejoin the groups in the handshake, and ask for the broadcasts missed while away.
-    var query = groups.map(function (name) { return "group=" + encodeURIComponent(name); });
-    if (lastBroadcast !== null) {
-      query.push("after=" + lastBroadcast);
-    }
-    socket = new WebSocket(url + (query.length ? "?" + query.join("&") : ""), [PROTOCOL]);
-    socket.binaryType = "arraybuffer";
-    socket.addEventListener("open", onOpen);
-    socket.addEventListener("message", onMessage);
-    socket.addEventListener("close", onClose);
-  }
-
-  function onOpen() {
-    attempt = 0;
-    setStatus("open", "Connected");
-  }
-
-  function onMessage(event) {
-    if (typeof event.data !== "string") {
-      var bytes = new Uint8Array(event.data);
-      show("received", new TextDecoder().decode(bytes), "binary, " + bytes.length + " bytes");
-      return;
-    }
-    var message;
-    try {
-      message = JSON.parse(event.data);
-    } catch (error) {
-      show("received", event.data);
-      return;
-    }
-    if (message.type === "echo") {
-      show("received", message.text);
-    } else if (message.type === "broadcast") {
-      if (seen.has(message.id)) { return; }
-      if (seen.size > 5000) { seen.clear(); }
-      seen.add(message.id);
-      lastBroadcast = Math.max(lastBroadcast || 0, message.id);
-      var sent = new Date(message.sent_at);
-      show("broadcast", message.text, "from " + message.sender + " to " + message.group + " at " + clock(sent), sent);
-    } else if (message.type === "presence") {
-      onlineEl.textContent = message.online + " online";
-    } else if (message.type === "welcome") {
-      whoEl.textContent = message.user ? "Signed in as " + message.user : "Anonymous";
-      if (lastBroadcast === null) {
-        lastBroadcast = message.last_broadcast; // from here on, nothing is missed
-      }
-      groups = message.groups.filter(function (name) { return name !== "all"; });
-      renderGroups();
-    } else if (message.type === "resumed") {
-      if (message.replayed > 0 || message.truncated) {
-        show("system", "Caught up on " + message.replayed + " broadcast(s) missed while away" +
-          (message.truncated ? "; older ones were no longer kept" : ""));
-      }
-    } else if (message.type === "joined") {
-      if (groups.indexOf(message.group) === -1) {
-        groups.push(message.group);
-        renderGroups();
-      }
-      show("system", "Joined " + message.group);
-    } else if (message.type === "left") {
-      show("system", "Left " + message.group);
-    } else if (message.type === "error") {
-      show("error", message.error);
-    }
-  }
-
-  function onClose(event) {
-    socket = null;
-    var why = "Closed (code " + event.code + (event.reason ? ": " + event.reason : "") + ")";
-    if (event.code === ADMIN_DISCONNECT) {
-      // An administrator closed this connection on purpose, to be rid of it: a page that came
-      // back by itself a second later would make their action useless. The person reads why and
-      // may press Connect. (A server that wants its clients back closes with 1001 or 1013,
-      // after which the page does reconnect by itself.)
-      wanted = false;
-      show("error", "Disconnected by an administrator (" + (event.reason || "no reason given") + ")." +
-        " Press Connect to connect again.");
-    } else if (event.reason && wanted) {
-      show("system", "The server closed the connection: " + event.reason + " (code " + event.code + ")");
-    }
-    if (!wanted) {
-      setStatus("closed", why);
-      return;
-    }
-    // Exponential backoff, capped, with jitter (between half and all of the ceiling), so a restarted
-    // server is not stampeded.
-    var ceiling = Math.min(BACKOFF_CAP, BACKOFF_FIRST * Math.pow(2, attempt));
-    var delay = Math.round(ceiling / 2 + Math.random() * ceiling / 2);
-    attempt += 1;
-    var due = Date.now() + delay;
-    retryTimer = setTimeout(connect, delay);
-    var tick = function () {
-      var seconds = Math.max(0, Math.ceil((due - Date.now()) / 1000));
-      setStatus("reconnecting", why + " – reconnecting in " + seconds + " s");
-    };
-    tick();
-    countdownTimer = setInterval(tick, 250);
-  }
-
-  function clearTimers() {
-    clearTimeout(retryTimer);
-    clearInterval(countdownTimer);
-    retryTimer = null;
-    countdownTimer = null;
-  }
-
-  function disconnect() {
-    wanted = false;
-    clearTimers();
-    if (socket !== null) {
-      socket.close(1000, "closed by the user");
+  const room = target.value;
+  try {
+    if (room !== ECHO_TARGET) {
+      client.say(room, text); // shown when the room's message comes back, with its id and time
+    } else if (binaryBox.checked) {
+      client.sendBinary(new TextEncoder().encode(text));
+      show("sent", text, {detail: "binary"});
     } else {
-      setStatus("closed", "Disconnected");
-    }
-  }
-
-  function refuse(what) {
-    show("error", "Not sent: " + what + " – the connection is not open (" + statusEl.textContent + ")");
-  }
-
-  function leaveGroup(name) {
-    groups = groups.filter(function (group) { return group !== name; });
-    renderGroups();
-    if (isOpen()) {
-      sendEnvelope({type: "leave", group: name});
-    }
-  }
-
-  sendForm.addEventListener("submit", function (event) {
-    event.preventDefault();
-    var text = input.value;
-    if (text === "") { return; }
-    if (!isOpen()) {
-      refuse("“" + text + "”");
-      return;
-    }
-    if (binaryBox.checked) {
-      socket.send(new TextEncoder().encode(text));
-      show("sent", text, "binary");
-    } else {
-      sendEnvelope({type: "echo", text: text});
+      client.echo(text);
       show("sent", text);
     }
-    input.value = "";
-  });
-
-  groupForm.addEventListener("submit", function (event) {
-    event.preventDefault();
-    var name = groupInput.value.trim();
-    if (name === "" || name === "all" || groups.indexOf(name) !== -1) { return; }
-    if (!isOpen()) {
-      refuse("join " + name);
-      return;
+  } catch (error) {
+    if (!(error instanceof NotOpenError)) {
+      throw error;
     }
-    sendEnvelope({type: "join", group: name}); // the group shows once the server says "joined"
-    groupInput.value = "";
-  });
+    refuse("“" + text + "”");
+    return;
+  }
+  input.value = "";
+});
 
-  connectButton.addEventListener("click", connect);
-  disconnectButton.addEventListener("click", disconnect);
+groupForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const name = groupInput.value.trim();
+  if (name === "" || client.groups.includes(name)) {
+    return;
+  }
+  if (!client.isOpen) {
+    refuse("join " + name);
+    return;
+  }
+  client.join(name); // the room shows once the server says "joined"
+  groupInput.value = "";
+});
 
-  renderGroups();
-  connect();
-})();
+connectButton.addEventListener("click", () => client.connect());
+disconnectButton.addEventListener("click", () => client.close());
+
+renderGroups();
+client.connect();
