@@ -1,6 +1,7 @@
 """The benchmark: the project under Daphne against a plain `websockets` echo server, in one run.
 
     .venv/bin/python -m bench [--rounds 3] [--seconds 5] [--idle 10000] [--hold 60] [--skip idle]
+    .venv/bin/python -m bench compression [...]   (permessage-deflate: bench/compression.py)
 
 Starts a private redis-server and four servers: the project under Daphne (as in production:
 `daphne -v 0`, DJANGO_DEBUG=0, and WEBSOCKET_RATE=0 so that the load is not rate-limited); the
@@ -110,6 +111,11 @@ def idle_memory(url: str, rss, connections: int, hold: float) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["compression"]:
+        from bench import compression
+
+        compression.main(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5)

@@ -16,10 +16,15 @@ from echo.auth import AuthMiddlewareStack  # noqa: E402
 from echo.origin import AllowedHostsOriginValidator  # noqa: E402
 from echo.presence import registry  # noqa: E402
 from echo.routing import websocket_urlpatterns  # noqa: E402
-from project import daphne_fixes, daphne_speedups  # noqa: E402
+from project import daphne_deflate, daphne_fixes, daphne_speedups  # noqa: E402
 
 daphne_speedups.apply(event_loop=settings.EVENT_LOOP)
 daphne_fixes.apply(on_shutdown=[registry.shutdown], on_slow_client=metrics.slow_client_closes.inc)
+daphne_deflate.apply(
+    mode=settings.WEBSOCKET_COMPRESSION,
+    min_size=settings.WEBSOCKET_COMPRESSION_MIN_SIZE,
+    max_message_size=settings.WEBSOCKET_MAX_MESSAGE_SIZE,
+)
 
 application = ProtocolTypeRouter(
     {
