@@ -16,9 +16,10 @@ from echo.auth import AuthMiddlewareStack  # noqa: E402
 from echo.origin import AllowedHostsOriginValidator  # noqa: E402
 from echo.presence import registry  # noqa: E402
 from echo.routing import websocket_urlpatterns  # noqa: E402
-from project import daphne_fixes, daphne_speedups  # noqa: E402
+from project import channels_speedups, daphne_fixes, daphne_speedups  # noqa: E402
 
 daphne_speedups.apply(event_loop=settings.EVENT_LOOP)
+channels_speedups.apply()
 daphne_fixes.apply(on_shutdown=[registry.shutdown], on_slow_client=metrics.slow_client_closes.inc)
 
 application = ProtocolTypeRouter(
