@@ -5,7 +5,8 @@ Channels 4.3's ``await_many_dispatch`` waits on a consumer's two sources (the cl
 each time one arrives and setting up and tearing down a full ``asyncio.wait`` around them: about
 a fifth of Daphne's CPU under an echo load. Here each source gets one long-lived task that takes
 its messages in turn and dispatches them under a lock shared by the sources, so that, as before,
-one message is handled at a time, each source's in the order it came. The loop ends as the
+one message is handled at a time, each source's in the order it came, with a turn of the event
+loop between two messages. The loop ends as the
 original does: the first exception a handler raises (StopConsumer included) goes to the caller,
 and the tasks are cancelled and awaited before it does, whether the loop ended or was cancelled.
 
@@ -41,6 +42,10 @@ async def await_many_dispatch(
             message = await receive()
             async with lock:
                 await dispatch(message)
+            # A queue that holds many messages returns them without suspending: the loop gets a
+            # turn between them, as it did with a task per message, so that what was sent goes
+            # out (the outbound limit counts unsent bytes) and other connections are served.
+            await asyncio.sleep(0)
 
     tasks = [asyncio.ensure_future(pump(receive)) for receive in consumer_callables]
     try:

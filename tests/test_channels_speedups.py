@@ -67,6 +67,31 @@ async def test_each_source_in_order_one_message_at_a_time():
     assert [m for m in handled if m.startswith("l")] == [f"l{n}" for n in range(50)]
 
 
+async def test_the_loop_turns_between_two_messages_of_a_burst():
+    """A source whose queue holds many messages does not keep the loop: writes and others get a turn."""
+    client, layer = asyncio.Queue(), asyncio.Queue()
+    turns, seen = [0], []
+
+    async def other_connection():
+        while True:
+            turns[0] += 1
+            await asyncio.sleep(0)
+
+    async def dispatch(message):
+        seen.append(turns[0])
+        if len(seen) == 20:
+            raise StopConsumer()
+
+    for n in range(20):
+        layer.put_nowait(n)
+    other = asyncio.create_task(other_connection())
+    await asyncio.sleep(0)
+    with pytest.raises(StopConsumer):
+        await asyncio.wait_for(await_many_dispatch([source(client), source(layer)], dispatch), 5)
+    other.cancel()
+    assert len(set(seen)) == 20, f"the loop did not turn between messages: {seen}"
+
+
 async def test_a_handler_error_is_raised_and_every_task_ends():
     """The first exception a handler raises reaches the caller; no task of the loop is left running."""
     client, layer = asyncio.Queue(), asyncio.Queue()
