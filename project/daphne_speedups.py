@@ -18,7 +18,18 @@ What the profiler (py-spy, under `python -m bench` churn) showed and what is cha
   there is one, reads on within the same call: Twisted reaches the end of the connection and
   uvloop forgets the poll.
 
-Both reach into private names, so each is guarded by the version it was written for;
+- Twisted's reactor registers a connection's socket for writing (an epoll_ctl), waits for the
+  loop to report it writable (one more turn of the loop), writes, and unregisters it (another
+  epoll_ctl) for every message sent: 12% of Daphne's CPU under echo. An accepted connection
+  that asks to write now gets one write at the end of the loop's current turn (what that turn
+  queued goes out in one send), and is registered with the loop only if the socket took part
+  of it.
+- Every read and write event ran through Twisted's ``callWithLogger``, which asks the
+  connection for its log prefix and copies a logging context around the call, for the legacy
+  ``twisted.python.log`` lines that no part of this project writes: 10% of Daphne's CPU under
+  echo. Events now run through a plain call that logs a failure the same way.
+
+All reach into private names, so each is guarded by the version it was written for;
 tests/test_daphne_speedups.py fails if the libraries change underneath.
 """
 
@@ -30,7 +41,8 @@ import autobahn
 import autobahn.websocket.protocol
 import twisted
 import uvloop
-from twisted.internet import asyncioreactor
+from twisted.internet import asyncioreactor, tcp
+from twisted.python import log
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +118,58 @@ def socket_error(selectable) -> bool:
     return sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
 
 
+def call_logging_failures(selectable, function, *args):
+    """Call ``function(*args)`` for a read or write event of ``selectable``; log what it raises.
+
+    Twisted's ``callWithLogger`` without the logging context its legacy log lines would read.
+    """
+    try:
+        return function(*args)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        log.err(system=type(selectable).__name__)
+
+
+def plain_event_calls() -> None:
+    """Make the asyncio reactor call its read and write callbacks without a logging context."""
+    asyncioreactor.callWithLogger = call_logging_failures
+
+
+def write_at_the_end_of_the_turn(reactor: asyncioreactor.AsyncioSelectorReactor) -> None:
+    """Write what an accepted connection sends once the loop's current turn ends; register the
+    socket for writing only when it did not take all of it (see above)."""
+    register, unregister = reactor.addWriter, reactor.removeWriter
+    # Connections with a write scheduled, not registered with the loop: a connection leaves it
+    # when it stops writing (all sent) or, still wanting to write, is registered.
+    scheduled: set = set()
+
+    def add_writer(writer) -> None:
+        if writer in scheduled or writer in reactor._writers:
+            return
+        if not isinstance(writer, tcp.Server):
+            register(writer)
+            return
+        scheduled.add(writer)
+        reactor._asyncioEventloop.call_soon(write_now, writer)
+
+    def remove_writer(writer) -> None:
+        if writer in scheduled:
+            scheduled.discard(writer)
+            return
+        unregister(writer)
+
+    def write_now(writer) -> None:
+        if writer not in scheduled:
+            return  # it stopped writing meanwhile (closed, aborted)
+        call_logging_failures(writer, reactor._readOrWrite, writer, False)
+        if writer in scheduled:  # the socket took part of it: write the rest when it can
+            scheduled.discard(writer)
+            register(writer)
+
+    reactor.addWriter, reactor.removeWriter = add_writer, remove_writer
+
+
 def apply(*, event_loop: str = "uvloop") -> None:
     """Install the speed-ups; ``event_loop`` is ``"uvloop"`` or ``"asyncio"`` (the stock loop).
 
@@ -116,15 +180,18 @@ def apply(*, event_loop: str = "uvloop") -> None:
     reactor = sys.modules.get("twisted.internet.reactor")
     if not isinstance(reactor, asyncioreactor.AsyncioSelectorReactor):
         return
-    if event_loop == "uvloop":
-        if twisted.__version__ != TWISTED_WRITTEN_FOR:
-            logger.warning(
-                "Twisted %s is not %s: Daphne stays on the stock asyncio loop",
-                twisted.__version__,
-                TWISTED_WRITTEN_FOR,
-            )
-        elif move_to_uvloop(reactor):
-            reads_until_the_error(reactor)
-            logger.info("event loop: uvloop")
-            return
+    if twisted.__version__ != TWISTED_WRITTEN_FOR:
+        logger.warning(
+            "Twisted %s is not %s: Daphne stays on the stock asyncio loop, with Twisted's own write path",
+            twisted.__version__,
+            TWISTED_WRITTEN_FOR,
+        )
+        logger.info("event loop: asyncio")
+        return
+    plain_event_calls()
+    write_at_the_end_of_the_turn(reactor)
+    if event_loop == "uvloop" and move_to_uvloop(reactor):
+        reads_until_the_error(reactor)
+        logger.info("event loop: uvloop")
+        return
     logger.info("event loop: asyncio")
