@@ -16,7 +16,7 @@ from echo.auth import AuthMiddlewareStack  # noqa: E402
 from echo.origin import AllowedHostsOriginValidator  # noqa: E402
 from echo.presence import registry  # noqa: E402
 from echo.routing import websocket_urlpatterns  # noqa: E402
-from project import channels_speedups, daphne_fixes, daphne_speedups  # noqa: E402
+from project import channels_speedups, daphne_fixes, daphne_speedups, gc_policy  # noqa: E402
 
 daphne_speedups.apply(event_loop=settings.EVENT_LOOP)
 channels_speedups.apply()
@@ -28,3 +28,6 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+# Last: what start-up made lives as long as the process, out of the collector's way.
+gc_policy.apply()

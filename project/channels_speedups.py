@@ -37,7 +37,7 @@ async def await_many_dispatch(
             await dispatch(await receive())
     lock = asyncio.Lock()
 
-    async def pump(receive: Callable[[], Awaitable[dict]]) -> None:
+    async def pump(receive) -> None:  # no annotation: it would be evaluated per connection
         while True:
             message = await receive()
             async with lock:
@@ -48,6 +48,7 @@ async def await_many_dispatch(
             await asyncio.sleep(0)
 
     tasks = [asyncio.ensure_future(pump(receive)) for receive in consumer_callables]
+    done: set = set()
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         next(iter(done)).result()  # a pump only ends by raising: raise it here
@@ -58,6 +59,10 @@ async def await_many_dispatch(
             # The first task's exception is the one raised; the others ended by being cancelled.
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # The exception raised holds this frame, whose tasks hold the exception: without this,
+        # a cycle that keeps the whole consumer until the garbage collector runs.
+        tasks.clear()
+        done.clear()
 
 
 def apply() -> bool:
