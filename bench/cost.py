@@ -81,7 +81,8 @@ def main() -> None:
     for mode in modes:
         base = statistics.median(figures["baseline", mode])
         this = statistics.median(figures["this", mode])
-        print(f"{mode:<6} baseline {base:8.1f}  this {this:8.1f}  change {100 * (this / base - 1):+6.1f}%  ({unit[mode]})")
+        change = 100 * (this / base - 1)
+        print(f"{mode:<6} baseline {base:8.1f}  this {this:8.1f}  change {change:+6.1f}%  ({unit[mode]})")
 
 
 if __name__ == "__main__":

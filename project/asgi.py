@@ -30,4 +30,6 @@ application = ProtocolTypeRouter(
 )
 
 # Last: what start-up made lives as long as the process, out of the collector's way.
-gc_policy.apply()
+gc_policy.apply(
+    on_collection=lambda generation, seconds: metrics.gc_pauses.labels(generation).observe(seconds)
+)
