@@ -25,6 +25,7 @@ def test_speedups_are_written_for_the_pinned_libraries():
     """An autobahn or Twisted upgrade in requirements.txt must come with a fresh look at them."""
     assert daphne_speedups.AUTOBAHN_WRITTEN_FOR == pinned("autobahn") == autobahn.__version__
     assert daphne_speedups.TWISTED_WRITTEN_FOR == pinned("Twisted") == twisted.__version__
+    assert daphne_speedups.DAPHNE_WRITTEN_FOR == pinned("daphne") == daphne_speedups.daphne.__version__
 
 
 def test_autobahn_dumps_its_options_in_one_cheap_line(monkeypatch):
@@ -142,3 +143,42 @@ def test_writes_go_out_at_the_end_of_the_turn_and_a_partial_one_is_finished(monk
     assert [type(writer).__name__ for writer in registered[1]] == ["Server"]
     assert registered[2] == []
     reactor._asyncioEventloop.close()
+
+
+def test_daphne_checks_every_connection_once_per_period_a_slice_at_a_time():
+    """100 connections, a period of 2 s: each tick checks a twentieth, each connection once a pass;
+    one that ended meanwhile is skipped, one that came is checked in the next pass."""
+    checked, scheduled = [], []
+    checker = daphne_speedups.in_slices(
+        "test",
+        2.0,
+        lambda server, protocol, details: checked.append(protocol),
+        call_later=lambda *a: scheduled.append(a),
+    )
+
+    class FakeServer:
+        connections = {n: {} for n in range(100)}
+
+    server = FakeServer()
+    checker(server)
+    assert checked == list(range(5)) and scheduled[-1][0] == daphne_speedups.CHECK_TICK
+    del server.connections[7]
+    server.connections[100] = {}
+    for _ in range(19):
+        checker(server)
+    assert checked == [n for n in range(100) if n != 7]
+    checked.clear()
+    for _ in range(20):
+        checker(server)
+    assert sorted(checked) == [n for n in range(101) if n != 7]
+
+
+def test_daphne_checks_are_left_alone_in_another_version(monkeypatch, caplog):
+    from daphne.server import Server
+
+    monkeypatch.setattr(Server, "timeout_checker", Server.timeout_checker)
+    original = Server.timeout_checker
+    monkeypatch.setattr(daphne_speedups.daphne, "__version__", "99.0")
+    with caplog.at_level(logging.WARNING, logger="project.daphne_speedups"):
+        assert daphne_speedups.checks_in_slices() is False
+    assert Server.timeout_checker is original
