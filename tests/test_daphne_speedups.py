@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import re
+import socket
 import threading
 
 import autobahn
@@ -24,6 +25,7 @@ def test_speedups_are_written_for_the_pinned_libraries():
     """An autobahn or Twisted upgrade in requirements.txt must come with a fresh look at them."""
     assert daphne_speedups.AUTOBAHN_WRITTEN_FOR == pinned("autobahn") == autobahn.__version__
     assert daphne_speedups.TWISTED_WRITTEN_FOR == pinned("Twisted") == twisted.__version__
+    assert daphne_speedups.DAPHNE_WRITTEN_FOR == pinned("daphne") == daphne_speedups.daphne.__version__
 
 
 def test_autobahn_dumps_its_options_in_one_cheap_line(monkeypatch):
@@ -85,3 +87,98 @@ def test_a_running_reactor_is_not_moved(caplog):
 def test_daphne_says_which_loop_it_runs_on(start_daphne, loop):
     daphne = start_daphne(EVENT_LOOP=loop)
     assert f"event loop: {loop}" in daphne.log()
+
+
+def test_writes_go_out_at_the_end_of_the_turn_and_a_partial_one_is_finished(monkeypatch):
+    """A small write is sent without registering the socket; one the socket cannot take at once is
+    registered, finished when the peer reads, and unregistered; every byte arrives in order."""
+    monkeypatch.setattr(asyncioreactor, "callWithLogger", asyncioreactor.callWithLogger)
+    daphne_speedups.plain_event_calls()
+    reactor = asyncioreactor.AsyncioSelectorReactor(uvloop.new_event_loop())
+    registrations, register = [], reactor.addWriter
+    reactor.addWriter = lambda writer: registrations.append(writer) or register(writer)
+    daphne_speedups.write_at_the_end_of_the_turn(reactor)
+    from twisted.internet import protocol
+
+    servers, registered = [], []
+    factory = protocol.Factory.forProtocol(protocol.Protocol)
+    factory.buildProtocol = lambda address: servers.append(protocol.Protocol()) or servers[-1]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    big = bytes(range(256)) * (64 * 1024)  # 16 MiB: more than the socket buffers take
+    received = bytearray()
+
+    def write() -> None:
+        if not servers:
+            reactor.callLater(0.01, write)
+            return
+        servers[0].transport.write(b"small")
+        reactor.callLater(
+            0.2, lambda: registered.append(list(reactor._writers)) or servers[0].transport.write(big)
+        )
+        reactor.callLater(0.5, lambda: registered.append(list(reactor._writers)))
+        reactor.callLater(0.6, read)
+
+    def read() -> None:
+        client.setblocking(False)
+        try:
+            while chunk := client.recv(1 << 20):
+                received.extend(chunk)
+        except BlockingIOError:
+            pass
+        if len(received) < len(big) + 5:
+            reactor.callLater(0.01, read)
+        else:
+            reactor.callLater(0.1, lambda: registered.append(list(reactor._writers)) or reactor.stop())
+
+    reactor.callLater(0, write)
+    reactor.callLater(20, reactor.stop)  # a bound
+    reactor.run(installSignalHandlers=False)
+    client.close()
+    port.stopListening()
+    assert bytes(received) == b"small" + big
+    # The small write went without registering the socket; the big one registered it until all went.
+    assert registered[0] == []
+    assert [type(writer).__name__ for writer in registrations] == ["Server"]
+    assert [type(writer).__name__ for writer in registered[1]] == ["Server"]
+    assert registered[2] == []
+    reactor._asyncioEventloop.close()
+
+
+def test_daphne_checks_every_connection_once_per_period_a_slice_at_a_time():
+    """100 connections, a period of 2 s: each tick checks a twentieth, each connection once a pass;
+    one that ended meanwhile is skipped, one that came is checked in the next pass."""
+    checked, scheduled = [], []
+    checker = daphne_speedups.in_slices(
+        "test",
+        2.0,
+        lambda server, protocol, details: checked.append(protocol),
+        call_later=lambda *a: scheduled.append(a),
+    )
+
+    class FakeServer:
+        connections = {n: {} for n in range(100)}
+
+    server = FakeServer()
+    checker(server)
+    assert checked == list(range(5)) and scheduled[-1][0] == daphne_speedups.CHECK_TICK
+    del server.connections[7]
+    server.connections[100] = {}
+    for _ in range(19):
+        checker(server)
+    assert checked == [n for n in range(100) if n != 7]
+    checked.clear()
+    for _ in range(20):
+        checker(server)
+    assert sorted(checked) == [n for n in range(101) if n != 7]
+
+
+def test_daphne_checks_are_left_alone_in_another_version(monkeypatch, caplog):
+    from daphne.server import Server
+
+    monkeypatch.setattr(Server, "timeout_checker", Server.timeout_checker)
+    original = Server.timeout_checker
+    monkeypatch.setattr(daphne_speedups.daphne, "__version__", "99.0")
+    with caplog.at_level(logging.WARNING, logger="project.daphne_speedups"):
+        assert daphne_speedups.checks_in_slices() is False
+    assert Server.timeout_checker is original
