@@ -42,8 +42,10 @@ def release_upgraded_requests() -> None:
 
     def process(request: WebRequest):
         result = original(request)
-        channel = request.channel
-        if request.transport is None and channel is not None:  # upgraded: the socket went on
+        channel = getattr(request, "channel", None)  # a finished request may have none
+        # Upgraded: Daphne took the socket for the WebSocket protocol and never finishes the
+        # request (a refused upgrade is finished: its answer still needs the channel).
+        if request.transport is None and not request.finished and channel is not None:
             if request in channel.requests:
                 channel.requests.remove(request)
             request.channel = None

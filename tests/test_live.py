@@ -127,13 +127,16 @@ def test_admin_is_served_styled_with_debug_off(daphne):
 
 
 def test_index_page_is_served(daphne):
-    """/ shows the page with its text box, and its script is served."""
+    """/ shows the page with its text box; its script and the client that script runs on are served."""
     with urllib.request.urlopen(daphne.http_url + "/", timeout=5) as response:
         html = response.read().decode()
     assert '<input id="message"' in html
-    script = re.search(r'<script src="([^"]+)"', html).group(1)
+    script = re.search(r'<script type="module" src="([^"]+)"', html).group(1)
     with urllib.request.urlopen(daphne.http_url + script, timeout=5) as js:
-        assert b"WebSocket" in js.read()
+        assert b"client.js" in js.read()  # the page runs on the embeddable client
+    client = re.search(r'data-client="([^"]+)"', html).group(1)
+    with urllib.request.urlopen(daphne.http_url + client, timeout=5) as js:
+        assert b"new WebSocket(" in js.read()
 
 
 async def test_connection_life_and_messages_are_logged(daphne):
