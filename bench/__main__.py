@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench [--rounds 3] [--seconds 5] [--idle 10000] [--hold 60] [--skip idle]
     .venv/bin/python -m bench compression [...]   (permessage-deflate: bench/compression.py)
+    .venv/bin/python -m bench pauses [...]        (15,000 connections held: bench/pauses.py)
 
 Starts a private redis-server and four servers: the project under Daphne (as in production:
 `daphne -v 0`, DJANGO_DEBUG=0, and WEBSOCKET_RATE=0 so that the load is not rate-limited); the
@@ -115,6 +116,11 @@ def main() -> None:
         from bench import compression
 
         compression.main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["pauses"]:
+        from bench import pauses
+
+        pauses.main(sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)

@@ -1,6 +1,6 @@
 """Pauses with many connections: a separate client's echo round trip while one Daphne takes and holds them.
 
-    .venv/bin/python -m bench.pauses [--connections 15000] [--hold 60] [--baseline REV]
+    .venv/bin/python -m bench pauses [--connections 15000] [--hold 60] [--baseline REV]
 
 Starts a private redis-server and one Daphne (production settings, backlog 4096), then a probe:
 one client that sends a message on ws/ every 20 ms and times each echo. Meanwhile bench/load.py
@@ -116,12 +116,12 @@ def describe(rtts: list[float]) -> str:
     return f"p50 {p50:6.1f} ms  p99 {p99:7.1f} ms  longest {rtts[-1] * 1000:7.1f} ms  ({len(rtts)} samples)"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--connections", type=int, default=15_000)
     parser.add_argument("--hold", type=float, default=60)
     parser.add_argument("--baseline", help="a git revision to measure first, in the same run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     raise_file_limit()
     trees = ({"baseline": export(args.baseline)} if args.baseline else {}) | {"this": ROOT}
     for name, tree in trees.items():
