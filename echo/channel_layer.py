@@ -234,12 +234,23 @@ class RedisPubSubChannelLayer(pubsub.RedisPubSubChannelLayer):
     """channels_redis's pub/sub layer that keeps accepting connections while Redis is away."""
 
     def deliver_local(self, channels: Iterable[str], message: dict) -> None:
-        """Queue ``message`` for each of ``channels`` that lives in this process, serialized once."""
+        """Queue ``message`` for each of ``channels`` that lives in this process, as it is.
+
+        Every member gets the same dict, unserialized (it never leaves the process): one push to
+        2,000 local members is one dict, not 2,000 msgpack round trips, and what a consumer
+        makes of it once (echo.services.broadcast_frame) serves the others. Consumers read it,
+        never change it.
+        """
         layer = self._get_layer()
-        data = self.serialize(message)
         for channel in channels:
             if channel in layer.channels:
-                layer.deliver(channel, data)
+                layer.deliver(channel, message)
+
+    def deserialize(self, message):
+        """Return a message from Redis (bytes) decoded, and one delivered locally as it is."""
+        if isinstance(message, dict):
+            return message
+        return super().deserialize(message)
 
     def _get_layer(self) -> ResilientLoopLayer:
         loop = asyncio.get_running_loop()

@@ -191,9 +191,19 @@ def push_frame(event: dict, *, as_json: bool) -> str:
     return broadcast_text(text=event["text"])
 
 
+# Where a push event keeps the frames made of it: every local member of a group gets the same
+# event (echo.channel_layer.deliver_local), so each frame is made once per process, not per client.
+FRAMES_KEY = "_frames"
+
+
 def broadcast_frame(*, event: dict, as_json: bool, limit: float) -> str:
     """Return the frame that delivers a push event, or raise InvalidBroadcast if it is over ``limit``."""
-    frame = push_frame(event, as_json=as_json)
+    frames = event.get(FRAMES_KEY)
+    if frames is None:
+        frames = event[FRAMES_KEY] = {}
+    frame = frames.get(as_json)
+    if frame is None:
+        frame = frames[as_json] = push_frame(event, as_json=as_json)
     size = protocol.oversize(frame, limit)
     if size:
         raise InvalidBroadcast(f"its frame of {size} bytes is over the limit of {limit} bytes")

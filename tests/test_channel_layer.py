@@ -103,3 +103,27 @@ async def test_consumer_channels_cost_one_pattern_subscription_per_process(layer
         await client.aclose()
     await layer.send(channels[7], {"type": "hello", "n": 7})
     assert await asyncio.wait_for(layer.receive(channels[7]), 5) == {"type": "hello", "n": 7}
+
+
+async def test_a_local_push_reaches_every_member_as_one_event_whose_frame_is_made_once(layer):
+    """deliver_local hands each local member the same event, unserialized; the frame made for the
+    first member serves the rest (a push to 2,000 local clients was 2,000 msgpack round trips and
+    2,000 JSON encodings)."""
+    from echo import services
+
+    channels = [await layer.new_channel() for _ in range(3)]
+    event = {
+        "type": "broadcast.message",
+        "id": 5,
+        "text": "hi",
+        "group": "all",
+        "sender": "server",
+        "sent_at": "t",
+    }
+    layer.deliver_local([*channels, "specific.not-here"], event)
+    received = [await asyncio.wait_for(layer.receive(channel), 1) for channel in channels]
+    assert all(message is event for message in received)
+    frames = [services.broadcast_frame(event=message, as_json=True, limit=1000) for message in received]
+    assert frames[0] == services.protocol.push_envelope(event) and '"_frames"' not in frames[0]
+    assert frames[1] is frames[0] and frames[2] is frames[0]
+    assert services.broadcast_frame(event=event, as_json=False, limit=1000) == "Server broadcast: hi"
