@@ -14,6 +14,7 @@ import pytest
 import websockets
 
 from tests.servers import ROOT, DaphneServer
+from tests.test_push_live import broadcast
 
 SIGN_IN = """
 import sys
@@ -77,17 +78,6 @@ async def gets_nothing(ws, wait: float = 1.0) -> bool:
     with pytest.raises(TimeoutError):
         await next_push(ws, timeout=wait)
     return True
-
-
-def broadcast(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "manage.py", "broadcast", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def pushed_id(result: subprocess.CompletedProcess) -> int:
