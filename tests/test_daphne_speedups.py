@@ -182,3 +182,32 @@ def test_daphne_checks_are_left_alone_in_another_version(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="project.daphne_speedups"):
         assert daphne_speedups.checks_in_slices() is False
     assert Server.timeout_checker is original
+
+
+def test_protocol_options_live_on_daphnes_class_not_on_each_connection(monkeypatch):
+    """The factory's options land on Daphne's protocol class (autobahn then copies none onto a
+    connection); a function among them stays a plain function, not a method of each connection."""
+    from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+
+    monkeypatch.setattr(WebSocketFactory, "setProtocolOptions", WebSocketFactory.setProtocolOptions)
+    saved = {
+        name: WebSocketProtocol.__dict__[name]
+        for name in WebSocketProtocol.CONFIG_ATTRS
+        if name in WebSocketProtocol.__dict__
+    }
+    daphne_speedups.options_on_the_class()
+    factory = WebSocketFactory(object(), server="test")
+    try:
+        factory.setProtocolOptions(
+            autoPingInterval=7, perMessageCompressionAccept=lambda offers: ("accepted", offers)
+        )
+        assert WebSocketProtocol.autoPingInterval == 7
+        connection = WebSocketProtocol()
+        assert connection.perMessageCompressionAccept([1]) == ("accepted", [1])
+        assert "autoPingInterval" not in vars(connection)
+    finally:
+        for name in WebSocketProtocol.CONFIG_ATTRS:
+            if name in saved:
+                setattr(WebSocketProtocol, name, saved[name])
+            elif name in WebSocketProtocol.__dict__:
+                delattr(WebSocketProtocol, name)
