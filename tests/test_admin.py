@@ -195,6 +195,8 @@ async def test_the_admin_sends_to_one_user_and_refuses_a_group_with_a_user_or_an
     assert f"Broadcast #{broadcast.position} sent to user &#x27;bob&#x27;" in response.content.decode()
     assert await bobs.receive_from(timeout=3) == "Server broadcast: for bob"
     assert await other.receive_nothing(timeout=0.3)
+    detail = (await client.get(f"/admin/echo/broadcast/{broadcast.pk}/change/")).content.decode()
+    assert f'<a href="/admin/auth/user/{bob.pk}/change/">bob</a></div>' in detail  # its recipient
     await bobs.disconnect()
     await other.disconnect()
 

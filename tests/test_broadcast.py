@@ -437,3 +437,15 @@ def test_the_size_check_covers_room_messages_plain_and_json():
     assert frames[-1] == "Message from " + "\x01" * 150 + ": " + text  # a plain client's room message
     largest = max(len(frame.encode()) for frame in frames)
     assert services.largest_broadcast_frame(text) == largest
+
+
+def test_an_unknown_room_speakers_value_stops_every_command_with_one_line():
+    """ROOM_SPEAKERS must be users or anyone: anything else is one line on stderr and exit 2."""
+    env = {"ROOM_SPEAKERS": "everyone", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "ROOM_SPEAKERS must be users or anyone, not 'everyone'.\n",
+    )
